@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: `bash scripts/test.sh`.
+# Installs what the tests need on a fresh machine (headless Chromium for the browser test).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
+  echo "==> installing chromium (needed by tests/browser.rs)"
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "==> cargo clippy"
+cargo clippy --all-targets --all-features -- -D warnings
+
+echo "==> cargo build --no-default-features (the documented minimal build)"
+cargo build --no-default-features --quiet
+
+echo "==> cargo test --all-features"
+cargo test --all-features
+
+echo "==> cargo doc"
+RUSTDOCFLAGS=-Dwarnings cargo doc --no-deps --all-features --quiet
+
+echo "==> all checks passed"
