@@ -437,7 +437,11 @@ impl EventBuilder {
             return self.fail(e);
         }
         let mut digits = [0u8; 40];
-        write_field(&mut self.buf, b"retry: ", format_u128(retry.as_millis(), &mut digits));
+        write_field(
+            &mut self.buf,
+            b"retry: ",
+            format_u128(retry.as_millis(), &mut digits),
+        );
         self
     }
 
@@ -591,7 +595,10 @@ mod tests {
             "data: a\ndata: b\ndata: c\ndata: d\n\n"
         );
         // CR then LF in separate places stay two terminators; LF CR is two as well.
-        assert_eq!(enc(Event::message("a\n\rb")), "data: a\ndata: \ndata: b\n\n");
+        assert_eq!(
+            enc(Event::message("a\n\rb")),
+            "data: a\ndata: \ndata: b\n\n"
+        );
         assert_eq!(enc(Event::message("\r\n")), "data: \ndata: \n\n");
     }
 
@@ -638,7 +645,12 @@ mod tests {
             let err = Event::builder().id(bad).build().unwrap_err();
             assert!(matches!(err, EventError::LineBreak { field: Field::Id }));
             let err = Event::builder().event(bad).build().unwrap_err();
-            assert!(matches!(err, EventError::LineBreak { field: Field::Event }));
+            assert!(matches!(
+                err,
+                EventError::LineBreak {
+                    field: Field::Event
+                }
+            ));
         }
         let err = Event::builder().id("a\0b").data("x").build().unwrap_err();
         assert!(matches!(err, EventError::Nul { field: Field::Id }));
@@ -658,7 +670,12 @@ mod tests {
             .retry(Duration::ZERO)
             .build()
             .unwrap_err();
-        assert!(matches!(err, EventError::Duplicate { field: Field::Retry }));
+        assert!(matches!(
+            err,
+            EventError::Duplicate {
+                field: Field::Retry
+            }
+        ));
         let err = Event::builder().event("").data("x").build().unwrap_err();
         assert!(matches!(err, EventError::EmptyEventType));
         assert!(matches!(

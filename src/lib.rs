@@ -15,10 +15,25 @@
 //! # }
 //! ```
 //!
+//! - [`event`]: [`Event`], encoded once into the exact bytes a spec-following client decodes.
+//! - [`layer`]: [`SseLayer`], headers, heartbeats, timeouts and shutdown for every event
+//!   stream a service returns.
+//! - [`stream`]: [`response`], any `Stream` of events as an `http::Response`.
+//! - [`last_event_id`]: the reconnecting client's `Last-Event-ID`, validated.
+//!
 //! [Server-Sent Events]: https://html.spec.whatwg.org/multipage/server-sent-events.html
 //! [tower]: https://docs.rs/tower
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod event;
+pub mod last_event_id;
+pub mod layer;
+pub mod stream;
 
 pub use event::{Event, EventBuilder, EventError, Field, KEEP_ALIVE};
+pub use last_event_id::{InvalidLastEventId, LastEventId};
+pub use layer::{Sse, SseContext, SseLayer};
+pub use stream::{response, EventStreamBody, IntoEvent};
+
+/// A type-erased error, as body errors are.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,0 +1,321 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, DropGuard, WaitForCancellationFutureOwned};
+
+use super::boundary::BoundaryTracker;
+use super::Config;
+
+pin_project! {
+    /// Response body of [`Sse`](super::Sse): the inner body untouched, or, for an event
+    /// stream, the inner body with heartbeats, timeouts and cancellation.
+    pub struct ResponseBody<B> {
+        #[pin]
+        kind: Kind<B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<B> {
+        // Not an event stream: frames are forwarded as they are.
+        PassThrough {
+            #[pin]
+            inner: B,
+        },
+        Stream {
+            #[pin]
+            inner: B,
+            // Boxed so that pass-through bodies stay small.
+            state: Pin<Box<StreamState>>,
+        },
+    }
+}
+
+impl<B> ResponseBody<B> {
+    pub(crate) fn pass_through(inner: B) -> Self {
+        ResponseBody {
+            kind: Kind::PassThrough { inner },
+        }
+    }
+
+    pub(crate) fn stream(inner: B, config: Arc<Config>, token: CancellationToken) -> Self {
+        ResponseBody {
+            kind: Kind::Stream {
+                inner,
+                state: Box::pin(StreamState::new(config, token)),
+            },
+        }
+    }
+
+    /// Whether the response was recognised as an event stream.
+    pub fn is_event_stream(&self) -> bool {
+        matches!(self.kind, Kind::Stream { .. })
+    }
+}
+
+impl<B> fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("ResponseBody");
+        d.field("inner", &std::any::type_name::<B>());
+        if let Kind::Stream { state, .. } = &self.kind {
+            d.field("phase", &state.phase);
+        }
+        d.finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Open,
+    /// Write `queued`, then end.
+    Closing,
+    Done,
+}
+
+pin_project! {
+    #[project = TimerProj]
+    enum Timer {
+        Off,
+        On { #[pin] sleep: Sleep },
+    }
+}
+
+pin_project! {
+    /// Everything an event stream needs besides its inner body, in one allocation.
+    pub(crate) struct StreamState {
+        config: Arc<Config>,
+        #[pin]
+        timer: Timer,
+        #[pin]
+        cancelled: WaitForCancellationFutureOwned,
+        // Cancels the stream's token when the body goes away, so whatever produces its
+        // events learns at once that nobody listens any more.
+        _guard: DropGuard,
+        boundary: BoundaryTracker,
+        phase: Phase,
+        // A frame to write before anything else: the initial event, a heartbeat, a farewell.
+        queued: Option<Bytes>,
+        last_frame: Instant,
+        last_data: Instant,
+        end_at: Option<Instant>,
+    }
+}
+
+impl StreamState {
+    fn new(config: Arc<Config>, token: CancellationToken) -> Self {
+        let now = Instant::now();
+        let end_at = config
+            .max_lifetime
+            .map(|lifetime| now + lifetime.saturating_sub(jitter(config.lifetime_jitter)));
+        let timer = if config.timed() {
+            // Armed for real on the first poll that needs it.
+            Timer::On {
+                sleep: tokio::time::sleep_until(now),
+            }
+        } else {
+            Timer::Off
+        };
+        StreamState {
+            queued: config.initial.clone(),
+            timer,
+            cancelled: token.clone().cancelled_owned(),
+            _guard: token.drop_guard(),
+            boundary: BoundaryTracker::default(),
+            phase: Phase::Open,
+            last_frame: now,
+            last_data: now,
+            end_at,
+            config,
+        }
+    }
+
+    /// The earliest instant at which the timer has something to do.
+    fn next_deadline(&self) -> Option<Instant> {
+        let at_boundary = self.boundary.at_boundary();
+        let heartbeat = self
+            .config
+            .heartbeat_interval
+            .filter(|_| at_boundary)
+            .map(|i| self.last_frame + i);
+        let idle = self.config.idle_timeout.map(|t| self.last_data + t);
+        // The lifetime ends only at a boundary; mid-event it waits for the event to finish.
+        let lifetime = self.end_at.filter(|_| at_boundary);
+        [heartbeat, idle, lifetime].into_iter().flatten().min()
+    }
+}
+
+/// A random duration in `[0, max]`, from a per-process random seed and a counter.
+fn jitter(max: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+
+    if max.is_zero() {
+        return Duration::ZERO;
+    }
+    static SEED: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = SEED.get_or_init(Default::default).build_hasher();
+    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    let nanos = max.as_nanos().min(u64::MAX as u128) as u64;
+    Duration::from_nanos(hasher.finish() % (nanos.saturating_add(1)).max(1))
+}
+
+fn into_bytes<D: Buf>(mut data: D) -> Bytes {
+    // Zero-copy for `Bytes`, one copy for other buffers.
+    data.copy_to_bytes(data.remaining())
+}
+
+impl<B> Body for ResponseBody<B>
+where
+    B: Body,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        match self.project().kind.project() {
+            KindProj::PassThrough { inner } => inner
+                .poll_frame(cx)
+                .map(|frame| frame.map(|frame| frame.map(|frame| frame.map_data(into_bytes)))),
+            KindProj::Stream { inner, state } => poll_stream(inner, state.as_mut(), cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::PassThrough { inner } => inner.is_end_stream(),
+            Kind::Stream { state, .. } => state.phase == Phase::Done,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::PassThrough { inner } => inner.size_hint(),
+            // Heartbeats and farewells make the length unknowable.
+            Kind::Stream { .. } => SizeHint::default(),
+        }
+    }
+}
+
+fn poll_stream<B: Body>(
+    mut inner: Pin<&mut B>,
+    mut state: Pin<&mut StreamState>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    loop {
+        let mut this = state.as_mut().project();
+        match *this.phase {
+            Phase::Done => return Poll::Ready(None),
+            Phase::Closing => {
+                *this.phase = Phase::Done;
+                return Poll::Ready(this.queued.take().map(|b| Ok(Frame::data(b))));
+            }
+            Phase::Open => {}
+        }
+        if let Some(bytes) = this.queued.take() {
+            return Poll::Ready(Some(Ok(Frame::data(bytes))));
+        }
+        if this.cancelled.as_mut().poll(cx).is_ready() {
+            state.as_mut().project_close(true);
+            continue;
+        }
+        match inner.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let frame = frame.map_data(into_bytes);
+                if let Some(data) = frame.data_ref() {
+                    state.as_mut().project_record(data);
+                }
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            Poll::Ready(Some(Err(e))) => {
+                *this.phase = Phase::Done;
+                return Poll::Ready(Some(Err(e)));
+            }
+            Poll::Ready(None) => {
+                *this.phase = Phase::Done;
+                return Poll::Ready(None);
+            }
+            Poll::Pending => {}
+        }
+        // The inner body is waiting: see whether the timer has something to do.
+        let Some(deadline) = state.as_ref().get_ref().next_deadline() else {
+            return Poll::Pending;
+        };
+        let this = state.as_mut().project();
+        let TimerProj::On { mut sleep } = this.timer.project() else {
+            return Poll::Pending;
+        };
+        // Frames only move deadlines later, so the timer is re-armed lazily: when it fires
+        // early, or when something needs it sooner. A frame costs a clock read, not a reset.
+        if deadline < sleep.deadline() || sleep.is_elapsed() {
+            sleep.as_mut().reset(deadline);
+        }
+        if sleep.poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let now = Instant::now();
+        let st = state.as_mut().project();
+        let idle_over = st
+            .config
+            .idle_timeout
+            .is_some_and(|t| *st.last_data + t <= now);
+        let at_boundary = st.boundary.at_boundary();
+        let lifetime_over = at_boundary && st.end_at.is_some_and(|end| end <= now);
+        if idle_over || lifetime_over {
+            *st.phase = Phase::Done;
+            return Poll::Ready(None);
+        }
+        let heartbeat_due = st
+            .config
+            .heartbeat_interval
+            .is_some_and(|i| *st.last_frame + i <= now);
+        if heartbeat_due && at_boundary {
+            *st.last_frame = now;
+            *st.queued = Some(st.config.heartbeat.clone());
+        }
+        // Loop: write the heartbeat, or re-arm the timer for the next deadline.
+    }
+}
+
+impl StreamState {
+    /// Starts the end of the stream: the farewell if one is set and we are between
+    /// events, then nothing.
+    fn project_close(self: Pin<&mut Self>, farewell: bool) {
+        let this = self.project();
+        *this.queued = None;
+        match &this.config.farewell {
+            Some(bytes) if farewell && this.boundary.at_boundary() => {
+                *this.queued = Some(bytes.clone());
+                *this.phase = Phase::Closing;
+            }
+            _ => *this.phase = Phase::Done,
+        }
+    }
+
+    /// Notes a frame from the inner body: where it leaves us, and when it came.
+    fn project_record(self: Pin<&mut Self>, data: &[u8]) {
+        let this = self.project();
+        if data.is_empty() {
+            return;
+        }
+        this.boundary.update(data);
+        if this.config.timed() {
+            let now = Instant::now();
+            *this.last_frame = now;
+            *this.last_data = now;
+        }
+    }
+}

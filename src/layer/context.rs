@@ -1,0 +1,96 @@
+use std::sync::{Arc, OnceLock};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::{InvalidLastEventId, LastEventId};
+
+/// What [`SseLayer`](super::SseLayer) tells the handler about the stream it may answer with,
+/// as a request extension.
+///
+/// ```
+/// use http::{Request, Response};
+/// use tower::{service_fn, ServiceExt, Layer};
+/// use tower_sse::{Event, SseContext, SseLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let svc = SseLayer::new().layer(service_fn(|req: Request<()>| async move {
+///     let ctx = req.extensions().get::<SseContext>().cloned().expect("set by SseLayer");
+///     // Resume after the client's last id, or refuse a malformed one.
+///     let start = match ctx.last_event_id() {
+///         Ok(Some(id)) => id.as_str().parse::<u64>().unwrap_or(0) + 1,
+///         Ok(None) => 0,
+///         Err(_invalid) => 0,
+///     };
+///     // The token is cancelled when the stream ends for any reason, client gone included.
+///     let token = ctx.cancellation_token();
+///     let events = futures_util::stream::iter((start..start + 2).map(|i| {
+///         Event::builder().id(i.to_string()).data("tick").build()
+///     }));
+///     # let _ = token;
+///     Ok::<_, std::convert::Infallible>(tower_sse::response(events))
+/// }));
+/// let req = Request::builder().header("last-event-id", "41").body(())?;
+/// let res = svc.oneshot(req).await?;
+/// # use http_body_util::BodyExt;
+/// let body = res.into_body().collect().await?.to_bytes();
+/// assert_eq!(&body[..], b"id: 42\ndata: tick\n\nid: 43\ndata: tick\n\n");
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct SseContext {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    root: Option<CancellationToken>,
+    /// Made on first use: requests that never become streams pay nothing for it.
+    token: OnceLock<CancellationToken>,
+    last_event_id: Result<Option<LastEventId>, InvalidLastEventId>,
+}
+
+impl SseContext {
+    pub(crate) fn new(
+        root: Option<CancellationToken>,
+        last_event_id: Result<Option<LastEventId>, InvalidLastEventId>,
+    ) -> Self {
+        SseContext {
+            inner: Arc::new(Inner {
+                root,
+                token: OnceLock::new(),
+                last_event_id,
+            }),
+        }
+    }
+
+    /// The stream's own token: a child of the layer's
+    /// [shutdown token](super::SseLayer::shutdown_token), if one was given.
+    ///
+    /// It is cancelled when the stream ends for any reason (completed, timed out, shut down,
+    /// or the client went away), so a task producing events can stop at once. Cancelling it
+    /// ends this stream only, after the farewell event if one is configured.
+    pub fn cancellation_token(&self) -> CancellationToken {
+        self.inner
+            .token
+            .get_or_init(|| match &self.inner.root {
+                Some(root) => root.child_token(),
+                None => CancellationToken::new(),
+            })
+            .clone()
+    }
+
+    /// The `Last-Event-ID` the client sent, validated.
+    ///
+    /// # Errors
+    ///
+    /// The header was present but malformed: too long, not UTF-8, a control character, or
+    /// repeated. The value itself is never exposed.
+    pub fn last_event_id(&self) -> Result<Option<&LastEventId>, InvalidLastEventId> {
+        match &self.inner.last_event_id {
+            Ok(id) => Ok(id.as_ref()),
+            Err(e) => Err(*e),
+        }
+    }
+}

@@ -1,0 +1,72 @@
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tower_service::Service;
+
+use super::{Config, ResponseFuture, SseContext, SseLayer};
+use crate::LastEventId;
+
+/// The middleware made by [`SseLayer`]. See the [module example](crate::layer).
+#[derive(Debug, Clone)]
+pub struct Sse<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S> Sse<S> {
+    /// Wraps `inner` with the default configuration; see [`SseLayer`] for the options.
+    pub fn new(inner: S) -> Self {
+        Self::from_parts(inner, Arc::default())
+    }
+
+    pub(crate) fn from_parts(inner: S, config: Arc<Config>) -> Self {
+        Sse { inner, config }
+    }
+
+    /// A layer that wraps services with `Sse`.
+    pub fn layer() -> SseLayer {
+        SseLayer::new()
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for Sse<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    ResB: http_body::Body,
+{
+    type Response = Response<super::ResponseBody<ResB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        let last_event_id = LastEventId::from_headers_with_max_len(
+            req.headers(),
+            self.config.max_last_event_id_len,
+        );
+        let context = SseContext::new(self.config.shutdown.clone(), last_event_id);
+        req.extensions_mut().insert(context.clone());
+        let version = req.version();
+        ResponseFuture::new(self.inner.call(req), self.config.clone(), context, version)
+    }
+}
