@@ -18,6 +18,8 @@
 //! - [`event`]: [`Event`], encoded once into the exact bytes a spec-following client decodes.
 //! - [`layer`]: [`SseLayer`], headers, heartbeats, timeouts and shutdown for every event
 //!   stream a service returns.
+//! - [`manager`]: [`ConnectionManager`], every open stream tracked: send to one, a key, a
+//!   topic or all; complete, evict, replay by `Last-Event-ID`.
 //! - [`stream`]: [`response`], any `Stream` of events as an `http::Response`.
 //! - [`last_event_id`]: the reconnecting client's `Last-Event-ID`, validated.
 //!
@@ -28,11 +30,13 @@
 pub mod event;
 pub mod last_event_id;
 pub mod layer;
+pub mod manager;
 pub mod stream;
 
 pub use event::{Event, EventBuilder, EventError, Field, KEEP_ALIVE};
 pub use last_event_id::{InvalidLastEventId, LastEventId};
 pub use layer::{Sse, SseContext, SseLayer};
+pub use manager::{Connect, ConnectionManager};
 pub use stream::{response, EventStreamBody, IntoEvent};
 
 /// A type-erased error, as body errors are.

@@ -9,10 +9,11 @@ use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::{CancellationToken, DropGuard, WaitForCancellationFutureOwned};
+use tokio_util::sync::{DropGuard, WaitForCancellationFutureOwned};
 
 use super::boundary::BoundaryTracker;
-use super::Config;
+use super::context::StreamEnd;
+use super::{Config, SseContext};
 
 pin_project! {
     /// Response body of [`Sse`](super::Sse): the inner body untouched, or, for an event
@@ -47,11 +48,11 @@ impl<B> ResponseBody<B> {
         }
     }
 
-    pub(crate) fn stream(inner: B, config: Arc<Config>, token: CancellationToken) -> Self {
+    pub(crate) fn stream(inner: B, config: Arc<Config>, context: SseContext) -> Self {
         ResponseBody {
             kind: Kind::Stream {
                 inner,
-                state: Box::pin(StreamState::new(config, token)),
+                state: Box::pin(StreamState::new(config, context)),
             },
         }
     }
@@ -100,6 +101,7 @@ pin_project! {
         // Cancels the stream's token when the body goes away, so whatever produces its
         // events learns at once that nobody listens any more.
         _guard: DropGuard,
+        context: SseContext,
         boundary: BoundaryTracker,
         phase: Phase,
         // A frame to write before anything else: the initial event, a heartbeat, a farewell.
@@ -111,7 +113,8 @@ pin_project! {
 }
 
 impl StreamState {
-    fn new(config: Arc<Config>, token: CancellationToken) -> Self {
+    fn new(config: Arc<Config>, context: SseContext) -> Self {
+        let token = context.cancellation_token();
         let now = Instant::now();
         let end_at = config
             .max_lifetime
@@ -129,6 +132,7 @@ impl StreamState {
             timer,
             cancelled: token.clone().cancelled_owned(),
             _guard: token.drop_guard(),
+            context,
             boundary: BoundaryTracker::default(),
             phase: Phase::Open,
             last_frame: now,
@@ -229,6 +233,7 @@ fn poll_stream<B: Body>(
             return Poll::Ready(Some(Ok(Frame::data(bytes))));
         }
         if this.cancelled.as_mut().poll(cx).is_ready() {
+            this.context.set_end(StreamEnd::Cancelled);
             state.as_mut().project_close(true);
             continue;
         }
@@ -275,6 +280,11 @@ fn poll_stream<B: Body>(
         let at_boundary = st.boundary.at_boundary();
         let lifetime_over = at_boundary && st.end_at.is_some_and(|end| end <= now);
         if idle_over || lifetime_over {
+            st.context.set_end(if idle_over {
+                StreamEnd::IdleTimeout
+            } else {
+                StreamEnd::Lifetime
+            });
             *st.phase = Phase::Done;
             return Poll::Ready(None);
         }

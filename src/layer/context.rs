@@ -1,3 +1,4 @@
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use tokio_util::sync::CancellationToken;
@@ -49,6 +50,19 @@ struct Inner {
     /// Made on first use: requests that never become streams pay nothing for it.
     token: OnceLock<CancellationToken>,
     last_event_id: Result<Option<LastEventId>, InvalidLastEventId>,
+    /// Why the layer ended the stream, if it did (a [`StreamEnd`] as `u8`).
+    end: AtomicU8,
+}
+
+/// Why the layer ended a stream; read by the connection manager to name a close reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum StreamEnd {
+    /// The layer did not end it: the inner body ended, or the client went away.
+    NotByLayer = 0,
+    IdleTimeout = 1,
+    Lifetime = 2,
+    Cancelled = 3,
 }
 
 impl SseContext {
@@ -61,6 +75,7 @@ impl SseContext {
                 root,
                 token: OnceLock::new(),
                 last_event_id,
+                end: AtomicU8::new(StreamEnd::NotByLayer as u8),
             }),
         }
     }
@@ -91,6 +106,19 @@ impl SseContext {
         match &self.inner.last_event_id {
             Ok(id) => Ok(id.as_ref()),
             Err(e) => Err(*e),
+        }
+    }
+
+    pub(crate) fn set_end(&self, end: StreamEnd) {
+        self.inner.end.store(end as u8, Ordering::Relaxed);
+    }
+
+    pub(crate) fn end(&self) -> StreamEnd {
+        match self.inner.end.load(Ordering::Relaxed) {
+            1 => StreamEnd::IdleTimeout,
+            2 => StreamEnd::Lifetime,
+            3 => StreamEnd::Cancelled,
+            _ => StreamEnd::NotByLayer,
         }
     }
 }

@@ -63,11 +63,12 @@ where
         }
         let (mut parts, body) = response.into_parts();
         set_stream_headers(&mut parts.headers, this.config, *this.version);
-        let token = match this.context.take() {
-            Some(context) => context.cancellation_token(),
-            None => tokio_util::sync::CancellationToken::new(),
+        let context = match this.context.take() {
+            Some(context) => context,
+            // Polled again after completion: not reachable through a well-behaved caller.
+            None => SseContext::new(this.config.shutdown.clone(), Ok(None)),
         };
-        let body = ResponseBody::stream(body, this.config.clone(), token);
+        let body = ResponseBody::stream(body, this.config.clone(), context);
         Poll::Ready(Ok(Response::from_parts(parts, body)))
     }
 }

@@ -74,4 +74,5 @@ pub use future::ResponseFuture;
 pub use layer::{SseLayer, DEFAULT_HEARTBEAT_INTERVAL};
 pub use service::Sse;
 
+pub(crate) use context::StreamEnd;
 pub(crate) use layer::Config;

@@ -1,0 +1,417 @@
+use std::collections::VecDeque;
+use std::fmt;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use http::HeaderValue;
+use http_body::{Body, Frame, SizeHint};
+use tokio::time::Instant;
+
+use super::core::Shared;
+use super::types::{CloseReason, ConnectionId, Replay, SendError, SlowConsumerPolicy};
+use crate::layer::StreamEnd;
+use crate::{Event, SseContext};
+
+/// Most bytes merged into one frame when several events are queued.
+const MAX_BATCH_BYTES: usize = 64 * 1024;
+
+/// One open (or just closed) connection, as hooks and filters see it.
+pub struct Connection<M = ()> {
+    pub(crate) id: ConnectionId,
+    pub(crate) key: Option<Arc<str>>,
+    pub(crate) topics: Box<[Arc<str>]>,
+    pub(crate) meta: M,
+    pub(crate) connected_at: Instant,
+    pub(crate) replay: Replay,
+    /// Milliseconds since the manager's epoch when an event was last handed to the server.
+    pub(crate) last_write_ms: AtomicU64,
+    pub(crate) lagged: AtomicU64,
+    pub(crate) queue: Mutex<Queue>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Queue {
+    pub(crate) events: VecDeque<Bytes>,
+    pub(crate) capacity: usize,
+    waker: Option<Waker>,
+    pub(crate) state: State,
+    pub(crate) reason: Option<CloseReason>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum State {
+    Open,
+    /// Deliver what is queued, then the final event, then end.
+    Draining(Option<Bytes>),
+    /// End at once; the queue was discarded.
+    Ended,
+}
+
+/// Result of offering an event to one connection's queue.
+pub(crate) enum Offer {
+    Queued,
+    /// Queued after dropping the oldest event.
+    Lagged,
+    /// The queue is full and the policy is to disconnect: the caller closes the connection.
+    Full,
+    Closed(Option<CloseReason>),
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of our locks cannot leave the data half-updated in a way
+    // that matters more than losing the connection; never propagate poisoning.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl<M> Connection<M> {
+    /// The connection's unique id.
+    pub fn id(&self) -> ConnectionId {
+        self.id
+    }
+
+    /// The key it was registered under, if any.
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
+    /// The topics it is subscribed to.
+    pub fn topics(&self) -> impl Iterator<Item = &str> + '_ {
+        self.topics.iter().map(|t| &**t)
+    }
+
+    /// Whether it is subscribed to `topic`.
+    pub fn has_topic(&self, topic: &str) -> bool {
+        self.topics.iter().any(|t| &**t == topic)
+    }
+
+    /// The metadata given at connect time.
+    pub fn meta(&self) -> &M {
+        &self.meta
+    }
+
+    /// When it connected.
+    pub fn connected_at(&self) -> Instant {
+        self.connected_at
+    }
+
+    /// How the connection started, as far as replay goes.
+    pub fn replay(&self) -> Replay {
+        self.replay
+    }
+
+    /// Events dropped for this connection under [`SlowConsumerPolicy::DropOldest`].
+    pub fn lagged(&self) -> u64 {
+        self.lagged.load(Ordering::Relaxed)
+    }
+
+    /// Events queued and not yet handed to the server.
+    pub fn queued(&self) -> usize {
+        lock(&self.queue).events.len()
+    }
+
+    pub(crate) fn new(
+        id: ConnectionId,
+        key: Option<Arc<str>>,
+        topics: Box<[Arc<str>]>,
+        meta: M,
+        capacity: usize,
+        now_ms: u64,
+    ) -> Self {
+        Connection {
+            id,
+            key,
+            topics,
+            meta,
+            connected_at: Instant::now(),
+            replay: Replay::Fresh,
+            last_write_ms: AtomicU64::new(now_ms),
+            lagged: AtomicU64::new(0),
+            queue: Mutex::new(Queue {
+                events: VecDeque::new(),
+                capacity,
+                waker: None,
+                state: State::Open,
+                reason: None,
+            }),
+        }
+    }
+
+    /// Offers `bytes` to the queue, never waiting.
+    pub(crate) fn offer(&self, bytes: &Bytes, policy: SlowConsumerPolicy) -> Offer {
+        let mut q = lock(&self.queue);
+        if q.state != State::Open {
+            return Offer::Closed(q.reason);
+        }
+        let mut offer = Offer::Queued;
+        if q.events.len() >= q.capacity {
+            match policy {
+                SlowConsumerPolicy::Disconnect => return Offer::Full,
+                SlowConsumerPolicy::DropOldest => {
+                    q.events.pop_front();
+                    self.lagged.fetch_add(1, Ordering::Relaxed);
+                    offer = Offer::Lagged;
+                }
+            }
+        }
+        q.events.push_back(bytes.clone());
+        let waker = q.waker.take();
+        drop(q);
+        if let Some(w) = waker {
+            w.wake();
+        }
+        offer
+    }
+
+    /// Moves the queue out of `Open`. Returns how many queued events were discarded, or
+    /// `None` if it was not open.
+    pub(crate) fn end(&self, state: State, reason: CloseReason) -> Option<usize> {
+        let mut q = lock(&self.queue);
+        if q.state != State::Open {
+            return None;
+        }
+        q.reason = Some(reason);
+        let discarded = if state == State::Ended {
+            let n = q.events.len();
+            q.events = VecDeque::new();
+            n
+        } else {
+            0
+        };
+        q.state = state;
+        let waker = q.waker.take();
+        drop(q);
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Some(discarded)
+    }
+}
+
+impl<M> fmt::Debug for Connection<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.id)
+            .field("key", &self.key)
+            .field("topics", &self.topics)
+            .field("replay", &self.replay)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A handle to one connection: send to it, complete it, evict it, from anywhere.
+///
+/// Cloning is cheap. Holding a handle does not keep the connection open: when the client
+/// goes away, operations return [`SendError::Closed`] or `false`.
+pub struct ConnectionHandle<M = ()> {
+    pub(crate) conn: Arc<Connection<M>>,
+    pub(crate) shared: Arc<Shared<M>>,
+}
+
+impl<M> Clone for ConnectionHandle<M> {
+    fn clone(&self) -> Self {
+        ConnectionHandle {
+            conn: self.conn.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<M> fmt::Debug for ConnectionHandle<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ConnectionHandle").field(&self.conn).finish()
+    }
+}
+
+impl<M> std::ops::Deref for ConnectionHandle<M> {
+    type Target = Connection<M>;
+
+    fn deref(&self) -> &Connection<M> {
+        &self.conn
+    }
+}
+
+impl<M: Send + Sync + 'static> ConnectionHandle<M> {
+    /// Queues `event` for this connection only. Not recorded in the replay history.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Closed`] if the connection closed or is completing,
+    /// [`SendError::SlowConsumer`] if its queue was full and the policy disconnected it.
+    pub fn send(&self, event: Event) -> Result<(), SendError> {
+        self.shared.send_to_conn(&self.conn, event.as_bytes())
+    }
+
+    /// Delivers what is queued, then ends the stream. Returns `false` if it had already
+    /// closed or was completing.
+    pub fn complete(&self) -> bool {
+        self.shared
+            .close(&self.conn, State::Draining(None), CloseReason::Completed)
+    }
+
+    /// Delivers what is queued, then `last`, then ends the stream.
+    pub fn complete_with(&self, last: Event) -> bool {
+        self.shared.close(
+            &self.conn,
+            State::Draining(Some(last.into_bytes())),
+            CloseReason::Completed,
+        )
+    }
+
+    /// Delivers what is queued, then the error event `error`, then ends the stream.
+    pub fn complete_with_error(&self, error: Event) -> bool {
+        self.shared.close(
+            &self.conn,
+            State::Draining(Some(error.into_bytes())),
+            CloseReason::CompletedWithError,
+        )
+    }
+
+    /// Ends the stream at once, discarding what is queued.
+    pub fn evict(&self) -> bool {
+        self.shared
+            .close(&self.conn, State::Ended, CloseReason::Evicted)
+    }
+
+    /// Whether the connection has closed (or is completing).
+    pub fn is_closed(&self) -> bool {
+        lock(&self.conn.queue).state != State::Open
+    }
+}
+
+/// The response body of one managed connection: an [`http_body::Body`] of the events
+/// queued for it.
+///
+/// Several queued events are handed to the server as one frame. Dropping the body (the
+/// server does so when the client goes away) removes the connection from the manager at
+/// once. Wrap the service in [`SseLayer`](crate::SseLayer) for heartbeats and timeouts.
+pub struct ConnectionBody<M: Send + Sync + 'static = ()> {
+    conn: Arc<Connection<M>>,
+    shared: Arc<Shared<M>>,
+    context: Option<SseContext>,
+    done: bool,
+}
+
+impl<M: Send + Sync + 'static> ConnectionBody<M> {
+    pub(crate) fn new(
+        conn: Arc<Connection<M>>,
+        shared: Arc<Shared<M>>,
+        context: Option<SseContext>,
+    ) -> Self {
+        ConnectionBody {
+            conn,
+            shared,
+            context,
+            done: false,
+        }
+    }
+
+    /// A `200 OK` response with the event-stream headers and this body.
+    pub fn into_response(self) -> http::Response<Self> {
+        let mut response = http::Response::new(self);
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        response
+    }
+
+    /// The connection's id.
+    pub fn id(&self) -> ConnectionId {
+        self.conn.id
+    }
+}
+
+impl<M: Send + Sync + 'static> fmt::Debug for ConnectionBody<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionBody")
+            .field("id", &self.conn.id)
+            .field("done", &self.done)
+            .finish()
+    }
+}
+
+impl<M: Send + Sync + 'static> Body for ConnectionBody<M> {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        let mut q = lock(&this.conn.queue);
+        let data = match q.events.len() {
+            0 => None,
+            1 => q.events.pop_front(),
+            _ => {
+                let mut buf = BytesMut::new();
+                while let Some(front) = q.events.front() {
+                    if !buf.is_empty() && buf.len() + front.len() > MAX_BATCH_BYTES {
+                        break;
+                    }
+                    buf.extend_from_slice(front);
+                    q.events.pop_front();
+                }
+                Some(buf.freeze())
+            }
+        };
+        if let Some(data) = data {
+            drop(q);
+            this.conn
+                .last_write_ms
+                .store(this.shared.now_ms(), Ordering::Relaxed);
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        match &mut q.state {
+            State::Open => {
+                if !q.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    q.waker = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+            State::Draining(last) => {
+                let last = last.take();
+                q.state = State::Ended;
+                drop(q);
+                match last {
+                    Some(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                    None => {
+                        this.done = true;
+                        Poll::Ready(None)
+                    }
+                }
+            }
+            State::Ended => {
+                this.done = true;
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+impl<M: Send + Sync + 'static> Drop for ConnectionBody<M> {
+    fn drop(&mut self) {
+        // The stream is over for whatever reason: make sure the manager forgets it now.
+        let reason = match self.context.as_ref().map(SseContext::end) {
+            Some(StreamEnd::IdleTimeout) => CloseReason::IdleTimeout,
+            Some(StreamEnd::Lifetime) => CloseReason::Lifetime,
+            Some(StreamEnd::Cancelled) => CloseReason::Shutdown,
+            _ => CloseReason::ClientGone,
+        };
+        self.shared.close(&self.conn, State::Ended, reason);
+    }
+}
