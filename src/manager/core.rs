@@ -488,21 +488,53 @@ impl<M: Send + Sync + 'static> ConnectionManager<M> {
     /// Completes every connection of `key`: queued events, then `last` if given, then the
     /// end. Returns how many were completed.
     pub fn complete_key(&self, key: &str, last: Option<Event>) -> usize {
-        let state = State::Draining(last.map(Event::into_bytes));
-        self.handles_for_key(key)
-            .iter()
-            .filter(|h| {
-                self.shared
-                    .close(&h.conn, state.clone(), CloseReason::Completed)
-            })
-            .count()
+        let conns = self.collect(|registry| registry.by_key.get(key).cloned().unwrap_or_default());
+        self.close_all(
+            &conns,
+            State::Draining(last.map(Event::into_bytes)),
+            CloseReason::Completed,
+        )
     }
 
     /// Evicts every connection of `key` at once. Returns how many were evicted.
     pub fn evict_key(&self, key: &str) -> usize {
-        self.handles_for_key(key)
+        let conns = self.collect(|registry| registry.by_key.get(key).cloned().unwrap_or_default());
+        self.close_all(&conns, State::Ended, CloseReason::Evicted)
+    }
+
+    /// Completes every connection `filter` accepts: queued events, then `last` if given,
+    /// then the end. Returns how many were completed.
+    pub fn complete_filter(
+        &self,
+        filter: impl Fn(&Connection<M>) -> bool,
+        last: Option<Event>,
+    ) -> usize {
+        let conns = self.collect(|r| r.conns.values().filter(|c| filter(c)).cloned().collect());
+        self.close_all(
+            &conns,
+            State::Draining(last.map(Event::into_bytes)),
+            CloseReason::Completed,
+        )
+    }
+
+    /// Evicts every connection `filter` accepts at once. Returns how many were evicted.
+    pub fn evict_filter(&self, filter: impl Fn(&Connection<M>) -> bool) -> usize {
+        let conns = self.collect(|r| r.conns.values().filter(|c| filter(c)).cloned().collect());
+        self.close_all(&conns, State::Ended, CloseReason::Evicted)
+    }
+
+    /// Connections picked under the read lock, to act on after it is released.
+    fn collect(
+        &self,
+        pick: impl FnOnce(&Registry<M>) -> Vec<Arc<Connection<M>>>,
+    ) -> Vec<Arc<Connection<M>>> {
+        pick(&self.shared.read())
+    }
+
+    fn close_all(&self, conns: &[Arc<Connection<M>>], state: State, reason: CloseReason) -> usize {
+        conns
             .iter()
-            .filter(|h| h.evict())
+            .filter(|c| self.shared.close(c, state.clone(), reason))
             .count()
     }
 
@@ -531,13 +563,8 @@ impl<M: Send + Sync + 'static> ConnectionManager<M> {
     pub fn shutdown(&self) -> usize {
         self.shared.shutting_down.store(true, Ordering::Release);
         let farewell = self.shared.config.farewell.clone().map(Event::into_bytes);
-        let all: Vec<_> = self.shared.read().conns.values().cloned().collect();
-        all.iter()
-            .filter(|c| {
-                self.shared
-                    .close(c, State::Draining(farewell.clone()), CloseReason::Shutdown)
-            })
-            .count()
+        let all = self.collect(|r| r.conns.values().cloned().collect());
+        self.close_all(&all, State::Draining(farewell), CloseReason::Shutdown)
     }
 
     /// Waits for `token`, then [shuts down](Self::shutdown). Spawn it beside the server,

@@ -1,0 +1,298 @@
+//! The demo hub's HTTP interface, shared by `examples/demo/main.rs` and `tests/browser.rs`.
+//!
+//! - `GET /`: the page (HTML and JS ship in this folder, no build step).
+//! - `GET /events[?topic=T][&lastEventId=ID]`: everything published (and topic `T`), replaying
+//!   what a reconnecting client missed (`Last-Event-ID` header, or the query for a first load).
+//! - `POST /publish[?event=E][&id=I][&topic=T]`: the body, byte for byte, is the event's data.
+//! - `GET /typewriter?text=...`: an LLM-style answer, token by token, then an `end` event.
+//! - `GET /stats`: the manager's counters as JSON.
+//! - `POST /disconnect`: completes every open `/events` stream, to watch clients resume.
+// Shared by two crates (the example and a test), each using a different part of it.
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tower_sse::manager::{ConnectError, ConnectionManager};
+use tower_sse::{Connect, Event, LastEventId, SseContext, SseLayer};
+
+/// Largest accepted `POST /publish` body.
+pub const MAX_PUBLISH_BYTES: usize = 64 * 1024;
+/// Largest accepted `text` for `/typewriter`, in bytes.
+pub const MAX_TYPEWRITER_BYTES: usize = 16 * 1024;
+
+const INDEX_HTML: &str = include_str!("index.html");
+
+const DEFAULT_ANSWER: &str = "Server-Sent Events are a plain HTTP response that never ends. \
+The server writes one event after another; the browser's EventSource parses them and \
+reconnects on its own when the connection drops, sending the last id it saw so the server \
+can replay what was missed. That is why an answer streamed this way must end with an \
+explicit end event: the page closes the EventSource, and the browser does not reconnect \
+and replay the whole answer again.";
+
+/// Timings, settable from the environment for the demo and shortened by tests.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub heartbeat: Duration,
+    pub retry: Duration,
+    pub token_delay: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            heartbeat: Duration::from_secs(15),
+            retry: Duration::from_secs(2),
+            token_delay: Duration::from_millis(40),
+        }
+    }
+}
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct Hub {
+    pub manager: ConnectionManager,
+    pub settings: Settings,
+    pub typewriter_streams: AtomicU64,
+}
+
+impl Hub {
+    pub fn new(manager: ConnectionManager, settings: Settings) -> Arc<Hub> {
+        Arc::new(Hub {
+            manager,
+            settings,
+            typewriter_streams: AtomicU64::new(0),
+        })
+    }
+}
+
+/// The manager the demo uses, with its farewell and replay bounds.
+pub fn manager_builder() -> tower_sse::manager::ManagerBuilder {
+    ConnectionManager::builder()
+        .replay(10_000, Some(Duration::from_secs(600)))
+        .queue_capacity(1024)
+}
+
+/// The whole app: routes, with the `SseLayer` over all of them (non-SSE routes pass through).
+pub fn router(hub: Arc<Hub>, shutdown: CancellationToken) -> Router {
+    let s = &hub.settings;
+    // Built from constants: `build` cannot fail for them.
+    let heartbeat = Event::builder().event("ping").data("").build();
+    let farewell = Event::builder()
+        .event("bye")
+        .data("server shutting down")
+        .retry(Duration::from_secs(5))
+        .build();
+    let first = Event::builder().retry(s.retry).comment("welcome").build();
+    let layer = SseLayer::new()
+        .heartbeat_interval(s.heartbeat)
+        .heartbeat_event(heartbeat.expect("constant event"))
+        .farewell(farewell.expect("constant event"))
+        .initial_event(first.expect("constant event"))
+        .shutdown_token(shutdown);
+    Router::new()
+        .route("/", get(index))
+        .route("/events", get(events))
+        .route("/publish", post(publish))
+        .route("/typewriter", get(typewriter))
+        .route("/stats", get(stats))
+        .route("/disconnect", post(disconnect))
+        .layer(layer)
+        .with_state(hub)
+}
+
+/// Pushes the open-connection count to every page when it changes (twice a second at most).
+/// Sent with `send_filter`, so it is not recorded for replay.
+pub fn spawn_connection_counter(hub: Arc<Hub>, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut last = usize::MAX;
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let open = hub.manager.len();
+            if open != last {
+                last = open;
+                if let Ok(event) = Event::builder()
+                    .event("connections")
+                    .data(open.to_string())
+                    .build()
+                {
+                    let _ = hub.manager.send_filter(|_| true, event);
+                }
+            }
+        }
+    });
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (status, Json(json!({ "error": message.to_string() }))).into_response()
+}
+
+async fn index() -> Html<&'static str> {
+    Html(INDEX_HTML)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EventsQuery {
+    topic: Option<String>,
+    #[serde(rename = "lastEventId")]
+    last_event_id: Option<String>,
+}
+
+async fn events(
+    State(hub): State<Arc<Hub>>,
+    Extension(ctx): Extension<SseContext>,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(query)) = query else {
+        return error(StatusCode::BAD_REQUEST, "malformed query string");
+    };
+    let mut options = Connect::new().context(&ctx);
+    match ctx.last_event_id() {
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        // The header wins; the query is for a page's first request, which cannot set it.
+        Ok(Some(_)) => {}
+        Ok(None) => match query.last_event_id.as_deref().map(LastEventId::parse) {
+            Some(Err(e)) => return error(StatusCode::BAD_REQUEST, e),
+            Some(Ok(id)) => options = options.last_event_id(id),
+            None => {}
+        },
+    }
+    if let Some(topic) = query.topic.filter(|t| !t.is_empty()) {
+        options = options.topic(topic);
+    }
+    match hub.manager.connect(options) {
+        Ok((_handle, body)) => body.into_response().map(Body::new),
+        Err(e @ ConnectError::ShutDown) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(e) => error(StatusCode::TOO_MANY_REQUESTS, e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PublishQuery {
+    event: Option<String>,
+    id: Option<String>,
+    topic: Option<String>,
+}
+
+async fn publish(
+    State(hub): State<Arc<Hub>>,
+    query: Result<Query<PublishQuery>, axum::extract::rejection::QueryRejection>,
+    body: Body,
+) -> Response {
+    let Ok(Query(query)) = query else {
+        return error(StatusCode::BAD_REQUEST, "malformed query string");
+    };
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_PUBLISH_BYTES).await else {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body is larger than {MAX_PUBLISH_BYTES} bytes"),
+        );
+    };
+    let Ok(data) = std::str::from_utf8(&bytes) else {
+        return error(StatusCode::BAD_REQUEST, "body is not valid UTF-8");
+    };
+    let mut builder = Event::builder().data(data);
+    if let Some(event) = &query.event {
+        builder = builder.event(event);
+    }
+    if let Some(id) = &query.id {
+        builder = builder.id(id);
+    }
+    let event = match builder.build() {
+        Ok(event) => event,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let sent = match query.topic.as_deref().filter(|t| !t.is_empty()) {
+        Some(topic) => hub.manager.publish_topic(topic, event),
+        None => hub.manager.publish(event),
+    };
+    match sent {
+        Ok(delivery) => Json(json!({
+            "id": delivery.id.as_deref(),
+            "delivered": delivery.delivered,
+        }))
+        .into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TypewriterQuery {
+    text: Option<String>,
+}
+
+async fn typewriter(
+    State(hub): State<Arc<Hub>>,
+    query: Result<Query<TypewriterQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(query)) = query else {
+        return error(StatusCode::BAD_REQUEST, "malformed query string");
+    };
+    let text = query.text.unwrap_or_else(|| DEFAULT_ANSWER.to_owned());
+    if text.len() > MAX_TYPEWRITER_BYTES {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("text is longer than {MAX_TYPEWRITER_BYTES} bytes"),
+        );
+    }
+    hub.typewriter_streams.fetch_add(1, Ordering::Relaxed);
+    let delay = hub.settings.token_delay;
+    // Tokens keep their trailing whitespace, so joining them gives back the text exactly.
+    let tokens: Vec<String> = text.split_inclusive(' ').map(str::to_owned).collect();
+    let tokens = futures_util::stream::iter(tokens).then(move |token| async move {
+        tokio::time::sleep(delay).await;
+        Event::builder().event("token").data(token).build()
+    });
+    // The explicit end: the page closes its EventSource on it, so the browser does not
+    // reconnect and replay the answer.
+    let end = futures_util::stream::once(async { Event::builder().event("end").data("").build() });
+    tower_sse::response(tokens.chain(end))
+        .map(Body::new)
+        .into_response()
+}
+
+async fn stats(State(hub): State<Arc<Hub>>) -> Response {
+    let s = hub.manager.stats();
+    let closed: serde_json::Map<String, serde_json::Value> = s
+        .closed
+        .iter()
+        .map(|(reason, n)| (reason.as_str().to_owned(), json!(n)))
+        .collect();
+    Json(json!({
+        "open": s.open,
+        "open_per_topic": s.open_per_topic,
+        "connected": s.connected,
+        "events": s.events,
+        "deliveries": s.deliveries,
+        "dropped": s.dropped,
+        "lagged": s.lagged,
+        "closed": closed,
+        "history": hub.manager.history_len(),
+        "typewriter_streams": hub.typewriter_streams.load(Ordering::Relaxed),
+    }))
+    .into_response()
+}
+
+async fn disconnect(State(hub): State<Arc<Hub>>) -> Response {
+    let n = hub.manager.complete_filter(|_| true, None);
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(json!({ "completed": n })),
+    )
+        .into_response()
+}

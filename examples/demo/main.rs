@@ -1,0 +1,92 @@
+//! The tower-sse demo hub: a live feed, a publish form, a connection count and an LLM-style
+//! typewriter, all over Server-Sent Events.
+//!
+//! Run with `cargo run --release --example demo`, then open http://127.0.0.1:3000 in a
+//! browser. `ADDR=0.0.0.0:8080` changes the address; `HEARTBEAT_MS`, `RETRY_MS` and
+//! `TOKEN_DELAY_MS` change the timings. Try it from a terminal too:
+//!
+//! ```text
+//! curl -N http://127.0.0.1:3000/events
+//! printf 'two\nlines' | curl -s --data-binary @- 'http://127.0.0.1:3000/publish?event=message'
+//! curl -N 'http://127.0.0.1:3000/typewriter?text=hello%20there'
+//! curl -s http://127.0.0.1:3000/stats
+//! ```
+//!
+//! Ctrl-C (or SIGTERM) drains: every open stream gets the `bye` event, and the process
+//! exits within two seconds.
+
+mod app;
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+fn env_ms(name: &str, default: Duration) -> Duration {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(default, Duration::from_millis)
+}
+
+#[tokio::main]
+async fn main() -> std::io::Result<()> {
+    let addr = std::env::var("ADDR").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
+    let defaults = app::Settings::default();
+    let settings = app::Settings {
+        heartbeat: env_ms("HEARTBEAT_MS", defaults.heartbeat),
+        retry: env_ms("RETRY_MS", defaults.retry),
+        token_delay: env_ms("TOKEN_DELAY_MS", defaults.token_delay),
+    };
+    let manager = app::manager_builder()
+        .on_close(|conn, reason| {
+            if reason != tower_sse::manager::CloseReason::ClientGone {
+                println!("connection {} closed: {reason}", conn.id());
+            }
+        })
+        .build();
+    let hub = app::Hub::new(manager.clone(), settings);
+    let shutdown = CancellationToken::new();
+    app::spawn_connection_counter(hub.clone(), shutdown.clone());
+    // New connections are refused once shutdown starts; open streams get the layer's farewell.
+    tokio::spawn(manager.clone().shutdown_on(shutdown.clone()));
+
+    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    println!("tower-sse demo on http://{}", listener.local_addr()?);
+
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        println!("shutting down: draining open streams");
+        signal.cancel();
+    });
+
+    let server = axum::serve(listener, app::router(hub, shutdown.clone()))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server = tokio::spawn(async move { server.await });
+    shutdown.cancelled().await;
+    // Streams end at once on cancellation; the bound only guards against a stuck client.
+    match tokio::time::timeout(Duration::from_millis(1500), server).await {
+        Ok(_) => println!("drained"),
+        Err(_) => println!("drain took too long; exiting anyway"),
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
