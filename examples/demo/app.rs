@@ -126,16 +126,20 @@ pub fn spawn_connection_counter(hub: Arc<Hub>, shutdown: CancellationToken) {
             let open = hub.manager.len();
             if open != last {
                 last = open;
-                if let Ok(event) = Event::builder()
-                    .event("connections")
-                    .data(open.to_string())
-                    .build()
-                {
+                if let Some(event) = connections_event(open) {
                     let _ = hub.manager.send_filter(|_| true, event);
                 }
             }
         }
     });
+}
+
+fn connections_event(open: usize) -> Option<Event> {
+    Event::builder()
+        .event("connections")
+        .data(open.to_string())
+        .build()
+        .ok()
 }
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
@@ -176,7 +180,13 @@ async fn events(
         options = options.topic(topic);
     }
     match hub.manager.connect(options) {
-        Ok((_handle, body)) => body.into_response().map(Body::new),
+        Ok((handle, body)) => {
+            // The counter task only broadcasts changes; a new page needs the count now.
+            if let Some(event) = connections_event(hub.manager.len()) {
+                let _ = handle.send(event);
+            }
+            body.into_response().map(Body::new)
+        }
         Err(e @ ConnectError::ShutDown) => error(StatusCode::SERVICE_UNAVAILABLE, e),
         Err(e) => error(StatusCode::TOO_MANY_REQUESTS, e),
     }
