@@ -78,9 +78,10 @@ impl SseLayer {
     }
 
     /// Sends a heartbeat after `interval` without any frame (default 15 s). The interval
-    /// restarts after every frame, so a busy stream sends none.
+    /// restarts after every frame, so a busy stream sends none. Intervals under 1 ms are
+    /// raised to 1 ms, so a zero cannot turn a stream into an endless run of heartbeats.
     pub fn heartbeat_interval(self, interval: Duration) -> Self {
-        self.with(|c| c.heartbeat_interval = Some(interval))
+        self.with(|c| c.heartbeat_interval = Some(interval.max(Duration::from_millis(1))))
     }
 
     /// Sends no heartbeats.
