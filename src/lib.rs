@@ -41,3 +41,8 @@ pub use stream::{response, EventStreamBody, IntoEvent};
 
 /// A type-erased error, as body errors are.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The README's examples, compiled as doc tests so they stay correct.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
