@@ -326,6 +326,12 @@ impl StreamState {
             let now = Instant::now();
             *this.last_frame = now;
             *this.last_data = now;
+            // A busy body may never be pending, so the timer alone cannot end its lifetime:
+            // check it here too, and end after this frame if it closes an event.
+            if this.boundary.at_boundary() && this.end_at.is_some_and(|end| end <= now) {
+                this.context.set_end(StreamEnd::Lifetime);
+                *this.phase = Phase::Done;
+            }
         }
     }
 }
