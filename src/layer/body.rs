@@ -9,7 +9,7 @@ use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::{DropGuard, WaitForCancellationFutureOwned};
+use tokio_util::sync::{CancellationToken, DropGuard, WaitForCancellationFutureOwned};
 
 use super::boundary::BoundaryTracker;
 use super::context::StreamEnd;
@@ -98,6 +98,9 @@ pin_project! {
         timer: Timer,
         #[pin]
         cancelled: WaitForCancellationFutureOwned,
+        // Checked with one atomic load while frames flow; `cancelled` registers the waker
+        // only when the stream is about to wait.
+        token: CancellationToken,
         // Cancels the stream's token when the body goes away, so whatever produces its
         // events learns at once that nobody listens any more.
         _guard: DropGuard,
@@ -106,6 +109,8 @@ pin_project! {
         phase: Phase,
         // A frame to write before anything else: the initial event, a heartbeat, a farewell.
         queued: Option<Bytes>,
+        // Read from the clock at each data frame (one `Instant::now()`, about 25-85 ns), so
+        // heartbeats and the idle timeout count from the frame itself, whoever polls the body.
         last_frame: Instant,
         last_data: Instant,
         end_at: Option<Instant>,
@@ -131,7 +136,8 @@ impl StreamState {
             queued: config.initial.clone(),
             timer,
             cancelled: token.clone().cancelled_owned(),
-            _guard: token.drop_guard(),
+            _guard: token.clone().drop_guard(),
+            token,
             context,
             boundary: BoundaryTracker::default(),
             phase: Phase::Open,
@@ -220,42 +226,47 @@ fn poll_stream<B: Body>(
     cx: &mut Context<'_>,
 ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
     loop {
-        let mut this = state.as_mut().project();
+        let this = state.as_mut().project();
         match *this.phase {
             Phase::Done => return Poll::Ready(None),
             Phase::Closing => {
-                *this.phase = Phase::Done;
-                return Poll::Ready(this.queued.take().map(|b| Ok(Frame::data(b))));
+                let farewell = this.queued.take();
+                state.as_mut().finish(None);
+                return Poll::Ready(farewell.map(|b| Ok(Frame::data(b))));
             }
             Phase::Open => {}
         }
         if let Some(bytes) = this.queued.take() {
             return Poll::Ready(Some(Ok(Frame::data(bytes))));
         }
-        if this.cancelled.as_mut().poll(cx).is_ready() {
-            this.context.set_end(StreamEnd::Cancelled);
-            state.as_mut().project_close(true);
+        if this.token.is_cancelled() {
+            state.as_mut().cancel();
             continue;
         }
         match inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 let frame = frame.map_data(into_bytes);
                 if let Some(data) = frame.data_ref() {
-                    state.as_mut().project_record(data);
+                    state.as_mut().record(data);
                 }
                 return Poll::Ready(Some(Ok(frame)));
             }
             Poll::Ready(Some(Err(e))) => {
-                *this.phase = Phase::Done;
+                state.as_mut().finish(None);
                 return Poll::Ready(Some(Err(e)));
             }
             Poll::Ready(None) => {
-                *this.phase = Phase::Done;
+                state.as_mut().finish(None);
                 return Poll::Ready(None);
             }
             Poll::Pending => {}
         }
-        // The inner body is waiting: see whether the timer has something to do.
+        // About to wait: register every other wake-up source.
+        let this = state.as_mut().project();
+        if this.cancelled.poll(cx).is_ready() {
+            state.as_mut().cancel();
+            continue;
+        }
         let Some(deadline) = state.as_ref().get_ref().next_deadline() else {
             return Poll::Pending;
         };
@@ -263,7 +274,7 @@ fn poll_stream<B: Body>(
         let TimerProj::On { mut sleep } = this.timer.project() else {
             return Poll::Pending;
         };
-        // Frames only move deadlines later, so the timer is re-armed lazily: when it fires
+        // Frames only move deadlines later, so the timer is re-armed lazily: when it fired
         // early, or when something needs it sooner. A frame costs a clock read, not a reset.
         if deadline < sleep.deadline() || sleep.is_elapsed() {
             sleep.as_mut().reset(deadline);
@@ -271,21 +282,20 @@ fn poll_stream<B: Body>(
         if sleep.poll(cx).is_pending() {
             return Poll::Pending;
         }
-        let now = Instant::now();
+        // Something is due now.
         let st = state.as_mut().project();
-        let idle_over = st
+        let now = Instant::now();
+        let at_boundary = st.boundary.at_boundary();
+        if st
             .config
             .idle_timeout
-            .is_some_and(|t| *st.last_data + t <= now);
-        let at_boundary = st.boundary.at_boundary();
-        let lifetime_over = at_boundary && st.end_at.is_some_and(|end| end <= now);
-        if idle_over || lifetime_over {
-            st.context.set_end(if idle_over {
-                StreamEnd::IdleTimeout
-            } else {
-                StreamEnd::Lifetime
-            });
-            *st.phase = Phase::Done;
+            .is_some_and(|t| *st.last_data + t <= now)
+        {
+            state.as_mut().finish(Some(StreamEnd::IdleTimeout));
+            return Poll::Ready(None);
+        }
+        if at_boundary && st.end_at.is_some_and(|end| end <= now) {
+            state.as_mut().finish(Some(StreamEnd::Lifetime));
             return Poll::Ready(None);
         }
         let heartbeat_due = st
@@ -301,37 +311,50 @@ fn poll_stream<B: Body>(
 }
 
 impl StreamState {
-    /// Starts the end of the stream: the farewell if one is set and we are between
-    /// events, then nothing.
-    fn project_close(self: Pin<&mut Self>, farewell: bool) {
+    /// Ends the stream: records why (for the connection manager) and cancels the stream's
+    /// token at once, so producers stop even before the server drops the body.
+    fn finish(self: Pin<&mut Self>, why: Option<StreamEnd>) {
         let this = self.project();
+        if let Some(why) = why {
+            this.context.set_end(why);
+        }
+        *this.phase = Phase::Done;
         *this.queued = None;
+        this.token.cancel();
+    }
+
+    /// Cancelled: the farewell if one is set and we are between events, then the end.
+    fn cancel(mut self: Pin<&mut Self>) {
+        let this = self.as_mut().project();
+        this.context.set_end(StreamEnd::Cancelled);
         match &this.config.farewell {
-            Some(bytes) if farewell && this.boundary.at_boundary() => {
+            Some(bytes) if this.boundary.at_boundary() => {
                 *this.queued = Some(bytes.clone());
                 *this.phase = Phase::Closing;
             }
-            _ => *this.phase = Phase::Done,
+            _ => self.finish(None),
         }
     }
 
     /// Notes a frame from the inner body: where it leaves us, and when it came.
-    fn project_record(self: Pin<&mut Self>, data: &[u8]) {
+    fn record(self: Pin<&mut Self>, data: &[u8]) {
         let this = self.project();
         if data.is_empty() {
             return;
         }
         this.boundary.update(data);
-        if this.config.timed() {
-            let now = Instant::now();
-            *this.last_frame = now;
-            *this.last_data = now;
-            // A busy body may never be pending, so the timer alone cannot end its lifetime:
-            // check it here too, and end after this frame if it closes an event.
-            if this.boundary.at_boundary() && this.end_at.is_some_and(|end| end <= now) {
-                this.context.set_end(StreamEnd::Lifetime);
-                *this.phase = Phase::Done;
-            }
+        if !this.config.timed() {
+            return;
+        }
+        let now = Instant::now();
+        *this.last_frame = now;
+        *this.last_data = now;
+        // A busy body may never be pending, so the timer alone cannot end its lifetime:
+        // check it here too, and end after this frame if it closes an event.
+        if this.boundary.at_boundary() && this.end_at.is_some_and(|end| end <= now) {
+            this.context.set_end(StreamEnd::Lifetime);
+            *this.phase = Phase::Done;
+            this.token.cancel();
         }
     }
 }
