@@ -1039,3 +1039,61 @@ async fn invalid_last_event_id_gives_typed_error() {
         .last_event_id()
         .is_ok());
 }
+
+// ---------------------------------------------------------------------------------------------
+// The stream's token when there is no stream.
+
+#[tokio::test]
+async fn token_taken_for_a_response_that_is_not_a_stream_is_cancelled() {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let tx = std::sync::Mutex::new(Some(tx));
+    let svc = SseLayer::new().layer(tower::service_fn(move |req: Request<()>| {
+        let ctx = req.extensions().get::<SseContext>().cloned().unwrap();
+        if let Some(tx) = tx.lock().unwrap().take() {
+            let _ = tx.send(ctx.cancellation_token());
+        }
+        async move {
+            // The handler started something for a stream, then answered with an error.
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .status(500)
+                    .body(Full::new(Bytes::from_static(b"oops")))
+                    .unwrap(),
+            )
+        }
+    }));
+    let res = svc.oneshot(Request::new(())).await.unwrap();
+    assert_eq!(res.status(), 500);
+    let token = rx.await.unwrap();
+    assert!(token.is_cancelled());
+}
+
+#[tokio::test]
+async fn token_of_an_abandoned_request_is_cancelled() {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let tx = std::sync::Mutex::new(Some(tx));
+    let mut svc = SseLayer::new().layer(tower::service_fn(move |req: Request<()>| {
+        let ctx = req.extensions().get::<SseContext>().cloned().unwrap();
+        if let Some(tx) = tx.lock().unwrap().take() {
+            let _ = tx.send(ctx.cancellation_token());
+        }
+        // Never answers: the client leaves first.
+        std::future::pending::<Result<Response<Full<Bytes>>, Infallible>>()
+    }));
+    let future = tower::Service::call(&mut svc, Request::new(()));
+    let token = rx.await.unwrap();
+    assert!(!token.is_cancelled());
+    drop(future);
+    assert!(token.is_cancelled());
+}
+
+#[tokio::test]
+async fn requests_that_never_take_the_token_create_none() {
+    // Nothing to cancel, nothing allocated for it: the pass-through path stays cheap.
+    let svc = SseLayer::new().layer(tower::service_fn(|_req: Request<()>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"plain"))))
+    }));
+    let res = svc.oneshot(Request::new(())).await.unwrap();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"plain");
+}

@@ -109,6 +109,14 @@ impl SseContext {
         }
     }
 
+    /// Cancels the stream's token if a handler took it: for responses that turn out not to
+    /// be streams, and for requests abandoned before they were answered.
+    pub(crate) fn cancel_if_created(&self) {
+        if let Some(token) = self.inner.token.get() {
+            token.cancel();
+        }
+    }
+
     pub(crate) fn set_end(&self, end: StreamEnd) {
         self.inner.end.store(end as u8, Ordering::Relaxed);
     }
@@ -120,5 +128,75 @@ impl SseContext {
             3 => StreamEnd::Cancelled,
             _ => StreamEnd::NotByLayer,
         }
+    }
+}
+
+/// Refusal of the [`SseContext`] extractor: the route is not behind an [`SseLayer`](super::SseLayer).
+///
+/// Answers `500 Internal Server Error`: it is a wiring mistake, not the client's.
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+#[derive(Debug, Clone, Copy)]
+pub struct MissingSseLayer(());
+
+#[cfg(feature = "axum")]
+impl std::fmt::Display for MissingSseLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SseContext missing: put SseLayer around this route")
+    }
+}
+
+#[cfg(feature = "axum")]
+impl std::error::Error for MissingSseLayer {}
+
+#[cfg(feature = "axum")]
+impl axum_core::response::IntoResponse for MissingSseLayer {
+    fn into_response(self) -> axum_core::response::Response {
+        let mut response =
+            axum_core::response::Response::new(axum_core::body::Body::from(self.to_string()));
+        *response.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+        response
+    }
+}
+
+/// With the `axum` feature, a handler takes `ctx: SseContext` directly.
+///
+/// ```
+/// # #[cfg(feature = "axum")] {
+/// use axum::{routing::get, Router};
+/// use tower_sse::{SseContext, SseLayer};
+///
+/// async fn events(ctx: SseContext) -> String {
+///     format!("{:?}", ctx.last_event_id())
+/// }
+/// let app: Router = Router::new().route("/events", get(events)).layer(SseLayer::new());
+/// # let _ = app;
+/// # }
+/// ```
+#[cfg(feature = "axum")]
+impl<S: Send + Sync> axum_core::extract::FromRequestParts<S> for SseContext {
+    type Rejection = MissingSseLayer;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<SseContext>()
+            .cloned()
+            .ok_or(MissingSseLayer(()))
+    }
+}
+
+#[cfg(feature = "axum")]
+impl<S: Send + Sync> axum_core::extract::OptionalFromRequestParts<S> for SseContext {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _state: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        Ok(parts.extensions.get::<SseContext>().cloned())
     }
 }

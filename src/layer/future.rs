@@ -18,8 +18,18 @@ pin_project! {
         #[pin]
         inner: F,
         config: Arc<Config>,
+        // Taken when the response arrives; still here on drop means the request was
+        // abandoned, and whatever the handler started for the stream must stop.
         context: Option<SseContext>,
         version: Version,
+    }
+
+    impl<F> PinnedDrop for ResponseFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(context) = this.project().context.take() {
+                context.cancel_if_created();
+            }
+        }
     }
 }
 
@@ -57,8 +67,20 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let response = ready!(this.inner.poll(cx))?;
+        let response = match ready!(this.inner.poll(cx)) {
+            Ok(response) => response,
+            Err(e) => {
+                if let Some(context) = this.context.take() {
+                    context.cancel_if_created();
+                }
+                return Poll::Ready(Err(e));
+            }
+        };
         if !is_event_stream(response.headers()) {
+            // Not a stream after all: a token the handler took has nothing left to watch.
+            if let Some(context) = this.context.take() {
+                context.cancel_if_created();
+            }
             return Poll::Ready(Ok(response.map(ResponseBody::pass_through)));
         }
         let (mut parts, body) = response.into_parts();

@@ -58,6 +58,19 @@
 //! Timers use tokio's clock, so event streams must be polled inside a tokio runtime with
 //! time enabled (every tokio-based server does this).
 //!
+//! # Graceful shutdown
+//!
+//! The shutdown token ends *event streams*. Other endless responses the layer passes
+//! through, such as a gRPC server stream (tonic health's `Watch`), still hold a graceful
+//! shutdown open: give the server a grace timeout for those.
+//!
+//! # Bare hyper
+//!
+//! hyper's own `service_fn` is not a tower service. Build the handler with
+//! `tower::service_fn`, wrap it with the layer, and hand it to hyper through
+//! `hyper_util::service::TowerToHyperService` (see `examples/hyper.rs`). Routes that return
+//! both streams and plain bodies can box them: `tower_sse::response(s).map(BodyExt::boxed)`.
+//!
 //! [`CancellationToken`]: tokio_util::sync::CancellationToken
 
 mod body;
@@ -69,6 +82,8 @@ mod layer;
 mod service;
 
 pub use body::ResponseBody;
+#[cfg(feature = "axum")]
+pub use context::MissingSseLayer;
 pub use context::SseContext;
 pub use future::ResponseFuture;
 pub use layer::{SseLayer, DEFAULT_HEARTBEAT_INTERVAL};
