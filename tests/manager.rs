@@ -1429,7 +1429,7 @@ async fn stats_after_a_scripted_sequence_with_every_close_reason() {
     );
     // 3 events, 11 deliveries: g's queue is full (2).
     g.send(Event::message("g")).unwrap();
-    // 4 events, 11 deliveries, 2 dropped: SlowConsumer.
+    // Refused, so not an event: 3 events, 11 deliveries, 2 dropped: SlowConsumer.
     assert_eq!(g.send(Event::message("g2")), Err(SendError::SlowConsumer));
     assert!(drain_now(&mut g_body).ended);
     // Completed and CompletedWithError deliver what they hold.
@@ -1437,14 +1437,14 @@ async fn stats_after_a_scripted_sequence_with_every_close_reason() {
     assert!(b.complete_with_error(Event::message("failed")));
     assert_eq!(drain_now(&mut a_body).data(), ["e2", "done"]);
     assert_eq!(drain_now(&mut b_body).data(), ["e2", "failed"]);
-    // 5 events, 12 deliveries, then Evicted drops it: 3 dropped.
+    // 4 events, 12 deliveries, then Evicted drops it: 3 dropped.
     m.send_to(f.id(), Event::message("f")).unwrap();
     assert!(f.evict());
     assert!(drain_now(&mut f_body).ended);
     // ClientGone, with e1 still queued: 4 dropped.
     drop(c_body);
 
-    // t=10: 6 events, 15 deliveries (d, e, h); d leaves it unread: IdleTimeout, 5 dropped.
+    // t=10: 5 events, 15 deliveries (d, e, h); d leaves it unread: IdleTimeout, 5 dropped.
     advance(secs(10)).await;
     assert_eq!(m.publish(Event::message("e3")).unwrap().delivered, 3);
     assert_eq!(drain_now(&mut h_body).data(), ["e3"]);
@@ -1458,7 +1458,7 @@ async fn stats_after_a_scripted_sequence_with_every_close_reason() {
     assert_eq!(next(&mut e_body).await, Next::End);
     drop(e_body);
 
-    // 7 events, 16 deliveries; Shutdown delivers it and the farewell.
+    // 6 events, 16 deliveries; Shutdown delivers it and the farewell.
     assert_eq!(m.publish(Event::message("e4")).unwrap().delivered, 1);
     assert_eq!(m.shutdown(), 1);
     let got = drain_now(&mut h_body);
@@ -1470,7 +1470,7 @@ async fn stats_after_a_scripted_sequence_with_every_close_reason() {
     assert_eq!(stats.open, 0);
     assert!(stats.open_per_topic.is_empty());
     assert_eq!(stats.connected, 8);
-    assert_eq!(stats.events, 7);
+    assert_eq!(stats.events, 6);
     assert_eq!(stats.deliveries, 16);
     assert_eq!(stats.dropped, 5);
     assert_eq!(stats.lagged, 0);

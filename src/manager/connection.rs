@@ -37,6 +37,8 @@ pub struct Connection<M = ()> {
 pub(crate) struct Queue {
     pub(crate) events: VecDeque<Bytes>,
     pub(crate) capacity: usize,
+    /// Replayed events still queued: they do not count against `capacity`.
+    pub(crate) replay_allowance: usize,
     waker: Option<Waker>,
     pub(crate) state: State,
     pub(crate) reason: Option<CloseReason>,
@@ -133,6 +135,7 @@ impl<M> Connection<M> {
             queue: Mutex::new(Queue {
                 events: VecDeque::new(),
                 capacity,
+                replay_allowance: 0,
                 waker: None,
                 state: State::Open,
                 reason: None,
@@ -147,7 +150,7 @@ impl<M> Connection<M> {
             return Offer::Closed(q.reason);
         }
         let mut offer = Offer::Queued;
-        if q.events.len() >= q.capacity {
+        if q.events.len() >= q.capacity + q.replay_allowance {
             match policy {
                 SlowConsumerPolicy::Disconnect => return Offer::Full,
                 SlowConsumerPolicy::DropOldest => {
@@ -164,6 +167,14 @@ impl<M> Connection<M> {
             w.wake();
         }
         offer
+    }
+
+    /// Ends the queue whatever its state and frees it. Returns how many events it held.
+    pub(crate) fn discard(&self) -> usize {
+        let mut q = lock(&self.queue);
+        q.state = State::Ended;
+        q.replay_allowance = 0;
+        std::mem::take(&mut q.events).len()
     }
 
     /// Moves the queue out of `Open`. Returns how many queued events were discarded, or
@@ -346,7 +357,8 @@ impl<M: Send + Sync + 'static> Body for ConnectionBody<M> {
             return Poll::Ready(None);
         }
         let mut q = lock(&this.conn.queue);
-        let data = match q.events.len() {
+        let queued = q.events.len();
+        let data = match queued {
             0 => None,
             1 => q.events.pop_front(),
             _ => {
@@ -362,6 +374,8 @@ impl<M: Send + Sync + 'static> Body for ConnectionBody<M> {
             }
         };
         if let Some(data) = data {
+            let taken = queued - q.events.len();
+            q.replay_allowance = q.replay_allowance.saturating_sub(taken);
             drop(q);
             this.conn
                 .last_write_ms
@@ -412,6 +426,9 @@ impl<M: Send + Sync + 'static> Drop for ConnectionBody<M> {
             Some(StreamEnd::Cancelled) => CloseReason::Shutdown,
             _ => CloseReason::ClientGone,
         };
-        self.shared.close(&self.conn, State::Ended, reason);
+        if !self.shared.close(&self.conn, State::Ended, reason) {
+            // It was completing when the client left: free what it still held.
+            self.shared.discard(&self.conn);
+        }
     }
 }

@@ -146,6 +146,17 @@ impl<M> Shared<M> {
         true
     }
 
+    /// Frees the queue of a connection that closed earlier (it was completing) and whose
+    /// body is now gone, counting what was never delivered.
+    pub(crate) fn discard(&self, conn: &Connection<M>) {
+        let discarded = conn.discard();
+        if discarded > 0 {
+            self.counters
+                .dropped
+                .fetch_add(discarded as u64, Ordering::Relaxed);
+        }
+    }
+
     pub(crate) fn send_to_conn(
         &self,
         conn: &Connection<M>,
@@ -154,13 +165,14 @@ impl<M> Shared<M> {
         if self.shutting_down.load(Ordering::Acquire) {
             return Err(SendError::ShutDown);
         }
-        self.counters.events.fetch_add(1, Ordering::Relaxed);
         match conn.offer(bytes, self.config.policy) {
             Offer::Queued => {
+                self.counters.events.fetch_add(1, Ordering::Relaxed);
                 self.counters.deliveries.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
             Offer::Lagged => {
+                self.counters.events.fetch_add(1, Ordering::Relaxed);
                 self.counters.deliveries.fetch_add(1, Ordering::Relaxed);
                 self.counters.lagged.fetch_add(1, Ordering::Relaxed);
                 self.counters.dropped.fetch_add(1, Ordering::Relaxed);
@@ -351,21 +363,28 @@ impl<M: Send + Sync + 'static> ConnectionManager<M> {
             let (replay, events) = match history.since(last.as_str(), wants, Instant::now()) {
                 Position::After(events) => (Replay::Resumed(events.len()), events),
                 Position::Unknown(mut events) => {
+                    let replayed = events.len();
                     if let Some(gap) = &shared.config.gap_event {
                         events.insert(0, gap.as_bytes().clone());
                     }
-                    (Replay::Gap(events.len()), events)
+                    (Replay::Gap(replayed), events)
                 }
             };
             conn.replay = replay;
             let q = conn.queue.get_mut().unwrap_or_else(|e| e.into_inner());
-            // Replayed events never count against the live queue's capacity.
-            q.capacity += events.len();
+            // Replayed events never count against the live queue's capacity; the allowance
+            // shrinks as the body hands them out.
+            q.replay_allowance = events.len();
             q.events.extend(events);
         }
         let conn = Arc::new(conn);
         {
             let mut registry = shared.write();
+            // Checked again under the lock: `shutdown` collects the connections under it, so
+            // a connection registered after that could otherwise never be ended.
+            if shared.shutting_down.load(Ordering::Acquire) {
+                return Err(ConnectError::ShutDown);
+            }
             if let Some(limit) = shared.config.max_connections {
                 if registry.conns.len() >= limit {
                     return Err(ConnectError::TooManyConnections { limit });

@@ -104,7 +104,7 @@ pub enum Replay {
     /// The client's last id was found: this many missed events were queued first.
     Resumed(usize),
     /// The client's last id is unknown or older than the history: the gap event was sent,
-    /// then this many events, everything the history still holds.
+    /// then this many events (the gap event not counted), everything the history holds.
     Gap(usize),
 }
 
@@ -286,7 +286,8 @@ pub struct Stats {
     pub open_per_topic: HashMap<String, usize>,
     /// Connections opened since the start.
     pub connected: u64,
-    /// Events sent through the manager (each publish or send counts once).
+    /// Events sent through the manager: each publish counts once, and each send to one
+    /// connection that was queued. Refused sends do not count.
     pub events: u64,
     /// Events queued for a connection (one event sent to 1,000 connections counts 1,000).
     pub deliveries: u64,
