@@ -318,29 +318,27 @@ impl EventBuilder {
         self
     }
 
-    /// Marks `flag` as set, or fails with a duplicate error for `field`. Callers check
-    /// `self.error` first: once an error is recorded, setters do nothing.
-    fn claim(&mut self, flag: u8, field: Field) -> Result<(), EventError> {
+    /// Whether a single-valued setter may write: no earlier error, and `flag` not yet set.
+    /// Records a duplicate error otherwise.
+    fn begin(&mut self, flag: u8, field: Field) -> bool {
+        if self.error.is_some() {
+            return false;
+        }
         if self.set & flag != 0 {
-            return Err(EventError::Duplicate { field });
+            self.error = Some(EventError::Duplicate { field });
+            return false;
         }
         self.set |= flag;
-        Ok(())
+        true
     }
 
     /// Sets the data. Any text is valid: CR, LF and CRLF split it into several `data: `
     /// lines, which clients join with LF. An empty string dispatches an empty message.
     pub fn data(mut self, data: impl AsRef<str>) -> Self {
-        if self.error.is_some() {
-            return self;
+        if self.begin(SET_DATA, Field::Data) {
+            write_data(&mut self.buf, data.as_ref().as_bytes());
         }
-        match self.claim(SET_DATA, Field::Data) {
-            Ok(()) => {
-                write_data(&mut self.buf, data.as_ref().as_bytes());
-                self
-            }
-            Err(e) => self.fail(e),
-        }
+        self
     }
 
     /// Sets the data to `value` serialized as JSON, written straight into the event buffer
@@ -358,11 +356,8 @@ impl EventBuilder {
     #[cfg(feature = "json")]
     #[cfg_attr(docsrs, doc(cfg(feature = "json")))]
     pub fn json_data<T: serde::Serialize + ?Sized>(mut self, value: &T) -> Self {
-        if self.error.is_some() {
+        if !self.begin(SET_DATA, Field::Data) {
             return self;
-        }
-        if let Err(e) = self.claim(SET_DATA, Field::Data) {
-            return self.fail(e);
         }
         let start = self.buf.len();
         self.buf.extend_from_slice(b"data: ");
@@ -389,11 +384,8 @@ impl EventBuilder {
     /// Fails in [`build`](Self::build) if `event` is empty or contains CR or LF.
     pub fn event(mut self, event: impl AsRef<str>) -> Self {
         let event = event.as_ref();
-        if self.error.is_some() {
+        if !self.begin(SET_EVENT, Field::Event) {
             return self;
-        }
-        if let Err(e) = self.claim(SET_EVENT, Field::Event) {
-            return self.fail(e);
         }
         if event.is_empty() {
             return self.fail(EventError::EmptyEventType);
@@ -412,11 +404,8 @@ impl EventBuilder {
     /// Fails in [`build`](Self::build) if `id` contains CR, LF or NUL.
     pub fn id(mut self, id: impl AsRef<str>) -> Self {
         let id = id.as_ref();
-        if self.error.is_some() {
+        if !self.begin(SET_ID, Field::Id) {
             return self;
-        }
-        if let Err(e) = self.claim(SET_ID, Field::Id) {
-            return self.fail(e);
         }
         if let Some(e) = check_id(id) {
             return self.fail(e);
@@ -430,18 +419,11 @@ impl EventBuilder {
     /// Sets the reconnection time: how long the client waits before reconnecting after the
     /// stream ends. Written as whole milliseconds (sub-millisecond parts are dropped).
     pub fn retry(mut self, retry: Duration) -> Self {
-        if self.error.is_some() {
-            return self;
+        if self.begin(SET_RETRY, Field::Retry) {
+            let mut digits = [0u8; 40];
+            let millis = decimal(retry.as_millis(), &mut digits);
+            write_field(&mut self.buf, b"retry: ", millis.as_bytes());
         }
-        if let Err(e) = self.claim(SET_RETRY, Field::Retry) {
-            return self.fail(e);
-        }
-        let mut digits = [0u8; 40];
-        write_field(
-            &mut self.buf,
-            b"retry: ",
-            format_u128(retry.as_millis(), &mut digits),
-        );
         self
     }
 
@@ -567,17 +549,19 @@ pub(crate) fn find_line_break(bytes: &[u8]) -> Option<usize> {
         .map(|p| offset + p)
 }
 
-/// Formats `n` in decimal into `out`, returning the digits.
-fn format_u128(mut n: u128, out: &mut [u8; 40]) -> &[u8] {
+/// Formats `n` in decimal into `out` (39 digits hold `u128::MAX`), returning the digits.
+pub(crate) fn decimal(mut n: u128, out: &mut [u8; 40]) -> &str {
     let mut i = out.len();
     loop {
         i -= 1;
         out[i] = b'0' + (n % 10) as u8;
         n /= 10;
         if n == 0 {
-            return &out[i..];
+            break;
         }
     }
+    // Only ASCII digits were written.
+    std::str::from_utf8(&out[i..]).unwrap_or("0")
 }
 
 #[cfg(test)]

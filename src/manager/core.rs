@@ -201,7 +201,7 @@ impl<M> Shared<M> {
         let event = match history.as_mut() {
             Some(h) if self.config.auto_ids && event.id().is_none() => {
                 let seq = h.next_seq();
-                event.with_validated_id(itoa_u64(seq, &mut [0; 20]))
+                event.with_validated_id(crate::event::decimal(seq.into(), &mut [0; 40]))
             }
             _ => event,
         };
@@ -263,20 +263,6 @@ impl<M> Shared<M> {
             disconnected: full.len(),
         })
     }
-}
-
-fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &str {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    // Only ASCII digits were written.
-    std::str::from_utf8(&buf[i..]).unwrap_or("0")
 }
 
 /// Tracks every open stream; sends to one, to a key, to a topic, to all; completes and
