@@ -1631,3 +1631,54 @@ fn connect_racing_shutdown_never_leaves_a_stream_open() {
         "of 200 runs, {leaked} left a stream open after shutdown"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Published events travel through the shared ring, the rest through each connection's queue:
+// one connection still sees one order.
+
+#[tokio::test]
+async fn personal_sends_and_publishes_keep_their_order() {
+    let m = ConnectionManager::new();
+    let (h, mut body) = m.connect(Connect::new().key("k").topic("t")).unwrap();
+    h.send(Event::message("a")).unwrap();
+    m.publish(Event::message("b")).unwrap();
+    m.send_to_key("k", Event::message("c")).unwrap();
+    m.publish(Event::message("d")).unwrap();
+    m.publish_topic("t", Event::message("e")).unwrap();
+    m.publish(Event::message("f")).unwrap();
+    let got = drain_now(&mut body);
+    assert_eq!(got.data(), ["a", "b", "c", "d", "e", "f"]);
+    assert_eq!(got.frames.len(), 1, "one frame for the whole backlog");
+    drop(body);
+    assert_empty(&m);
+}
+
+#[tokio::test]
+async fn completion_delivers_what_was_published_before_it_and_nothing_after() {
+    let m = ConnectionManager::new();
+    let (h, mut body) = m.connect(Connect::new()).unwrap();
+    let (_other, mut other_body) = m.connect(Connect::new()).unwrap();
+    m.publish(Event::message("before")).unwrap();
+    assert!(h.complete_with(Event::message("last")));
+    m.publish(Event::message("after")).unwrap();
+    let got = drain_now(&mut body);
+    assert!(got.ended);
+    assert_eq!(got.data(), ["before", "last"]);
+    assert_eq!(drain_now(&mut other_body).data(), ["before", "after"]);
+    drop((body, other_body));
+    assert_empty(&m);
+}
+
+#[tokio::test]
+async fn evicting_counts_unsent_published_events_as_dropped() {
+    let m = ConnectionManager::new();
+    let (h, mut body) = m.connect(Connect::new()).unwrap();
+    for i in 0..5 {
+        m.publish(Event::message(i.to_string())).unwrap();
+    }
+    assert_eq!(h.queued(), 5);
+    assert!(h.evict());
+    assert_eq!(h.queued(), 0);
+    assert_eq!(m.stats().dropped, 5);
+    assert!(drain_now(&mut body).ended);
+}

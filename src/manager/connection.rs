@@ -12,6 +12,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
 
 use super::core::Shared;
+use super::ring::Broadcast;
 use super::types::{CloseReason, ConnectionId, Replay, SendError, SlowConsumerPolicy};
 use crate::layer::StreamEnd;
 use crate::{Event, SseContext};
@@ -30,18 +31,27 @@ pub struct Connection<M = ()> {
     /// Milliseconds since the manager's epoch when an event was last handed to the server.
     pub(crate) last_write_ms: AtomicU64,
     pub(crate) lagged: AtomicU64,
+    /// Position in the broadcast ring: the next published event this connection will send.
+    pub(crate) cursor: AtomicU64,
+    pub(crate) broadcast: Arc<Broadcast>,
     pub(crate) queue: Mutex<Queue>,
 }
 
 #[derive(Debug)]
 pub(crate) struct Queue {
-    pub(crate) events: VecDeque<Bytes>,
+    /// Events sent to this connection alone (or to its key, topic or a filter), each
+    /// stamped with the broadcast ring's end when it was sent: ring events numbered below
+    /// the stamp go out before it, so the connection sees one order.
+    pub(crate) events: VecDeque<(u64, Bytes)>,
     pub(crate) capacity: usize,
     /// Replayed events still queued: they do not count against `capacity`.
     pub(crate) replay_allowance: usize,
     waker: Option<Waker>,
     pub(crate) state: State,
     pub(crate) reason: Option<CloseReason>,
+    /// While draining: ring events numbered below this were published before the close and
+    /// are still delivered.
+    pub(crate) drain_until: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,14 +115,33 @@ impl<M> Connection<M> {
         self.replay
     }
 
-    /// Events dropped for this connection under [`SlowConsumerPolicy::DropOldest`].
+    /// Events dropped for this connection under [`SlowConsumerPolicy::DropOldest`],
+    /// including published events it has fallen too far behind to send.
     pub fn lagged(&self) -> u64 {
-        self.lagged.load(Ordering::Relaxed)
+        let ring = self.broadcast.read();
+        let deficit = ring
+            .start()
+            .saturating_sub(self.cursor.load(Ordering::Relaxed));
+        self.lagged.load(Ordering::Relaxed) + deficit
     }
 
     /// Events queued and not yet handed to the server.
     pub fn queued(&self) -> usize {
-        lock(&self.queue).events.len()
+        let q = lock(&self.queue);
+        q.events.len() + self.ring_backlog(&q) as usize
+    }
+
+    /// Published events still to send: from the cursor (or the oldest still held) to the
+    /// ring's end, or to where a draining connection stops.
+    fn ring_backlog(&self, q: &Queue) -> u64 {
+        let limit = match q.state {
+            State::Open => u64::MAX,
+            State::Draining(_) => q.drain_until,
+            State::Ended => return 0,
+        };
+        let ring = self.broadcast.read();
+        let from = self.cursor.load(Ordering::Relaxed).max(ring.start());
+        ring.end().min(limit).saturating_sub(from)
     }
 
     pub(crate) fn new(
@@ -122,7 +151,9 @@ impl<M> Connection<M> {
         meta: M,
         capacity: usize,
         now_ms: u64,
+        broadcast: Arc<Broadcast>,
     ) -> Self {
+        let cursor = AtomicU64::new(broadcast.end());
         Connection {
             id,
             key,
@@ -132,6 +163,8 @@ impl<M> Connection<M> {
             replay: Replay::Fresh,
             last_write_ms: AtomicU64::new(now_ms),
             lagged: AtomicU64::new(0),
+            cursor,
+            broadcast,
             queue: Mutex::new(Queue {
                 events: VecDeque::new(),
                 capacity,
@@ -139,18 +172,28 @@ impl<M> Connection<M> {
                 waker: None,
                 state: State::Open,
                 reason: None,
+                drain_until: 0,
             }),
         }
     }
 
-    /// Offers `bytes` to the queue, never waiting.
-    pub(crate) fn offer(&self, bytes: &Bytes, policy: SlowConsumerPolicy) -> Offer {
+    /// Offers `bytes` to the queue, never waiting. `stamp` is the broadcast ring's end now.
+    pub(crate) fn offer(&self, bytes: &Bytes, stamp: u64, policy: SlowConsumerPolicy) -> Offer {
         let mut q = lock(&self.queue);
         if q.state != State::Open {
             return Offer::Closed(q.reason);
         }
         let mut offer = Offer::Queued;
-        if q.events.len() >= q.capacity + q.replay_allowance {
+        let bound = q.capacity + q.replay_allowance;
+        // The bound covers the whole backlog: this queue and the published events not yet
+        // sent. Dropping makes room in this queue only; the ring drops its own oldest.
+        let full = match policy {
+            SlowConsumerPolicy::Disconnect => {
+                q.events.len() + self.ring_backlog(&q) as usize >= bound
+            }
+            SlowConsumerPolicy::DropOldest => q.events.len() >= bound,
+        };
+        if full {
             match policy {
                 SlowConsumerPolicy::Disconnect => return Offer::Full,
                 SlowConsumerPolicy::DropOldest => {
@@ -160,7 +203,7 @@ impl<M> Connection<M> {
                 }
             }
         }
-        q.events.push_back(bytes.clone());
+        q.events.push_back((stamp, bytes.clone()));
         let waker = q.waker.take();
         drop(q);
         if let Some(w) = waker {
@@ -172,21 +215,24 @@ impl<M> Connection<M> {
     /// Ends the queue whatever its state and frees it. Returns how many events it held.
     pub(crate) fn discard(&self) -> usize {
         let mut q = lock(&self.queue);
+        let unsent = q.events.len() + self.ring_backlog(&q) as usize;
         q.state = State::Ended;
         q.replay_allowance = 0;
-        std::mem::take(&mut q.events).len()
+        q.events = VecDeque::new();
+        unsent
     }
 
     /// Moves the queue out of `Open`. Returns how many queued events were discarded, or
     /// `None` if it was not open.
-    pub(crate) fn end(&self, state: State, reason: CloseReason) -> Option<usize> {
+    pub(crate) fn end(&self, state: State, reason: CloseReason, ring_end: u64) -> Option<usize> {
         let mut q = lock(&self.queue);
         if q.state != State::Open {
             return None;
         }
         q.reason = Some(reason);
+        q.drain_until = ring_end;
         let discarded = if state == State::Ended {
-            let n = q.events.len();
+            let n = q.events.len() + self.ring_backlog(&q) as usize;
             q.events = VecDeque::new();
             n
         } else {
@@ -353,57 +399,90 @@ impl<M: Send + Sync + 'static> Body for ConnectionBody<M> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
-        if this.done {
-            return Poll::Ready(None);
-        }
-        let mut q = lock(&this.conn.queue);
-        let queued = q.events.len();
-        let data = match queued {
-            0 => None,
-            1 => q.events.pop_front(),
-            _ => {
-                let mut buf = BytesMut::new();
-                while let Some(front) = q.events.front() {
-                    if !buf.is_empty() && buf.len() + front.len() > MAX_BATCH_BYTES {
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            let mut q = lock(&this.conn.queue);
+            let limit = match q.state {
+                State::Open => u64::MAX,
+                State::Draining(_) => q.drain_until,
+                State::Ended => {
+                    this.done = true;
+                    return Poll::Ready(None);
+                }
+            };
+            let mut cursor = this.conn.cursor.load(Ordering::Relaxed);
+            let mut batch = Batch::Empty;
+            let mut own = 0;
+            {
+                let ring = this.conn.broadcast.read();
+                if cursor < ring.start().min(limit) {
+                    // Published events this connection never sent are gone from the ring.
+                    let missed = ring.start().min(limit) - cursor;
+                    drop(ring);
+                    drop(q);
+                    if this.shared.lagged(&this.conn, missed) {
+                        this.conn.cursor.store(cursor + missed, Ordering::Relaxed);
+                        continue;
+                    }
+                    this.done = true;
+                    return Poll::Ready(None);
+                }
+                let ring_end = ring.end().min(limit);
+                // Merge the two sources in the order they were sent, up to one batch.
+                while batch.len() < MAX_BATCH_BYTES {
+                    let stamp = q.events.front().map(|(stamp, _)| *stamp);
+                    if cursor < ring_end && stamp.map_or(true, |s| cursor < s) {
+                        if let Some(bytes) = ring.get(cursor) {
+                            batch.push(bytes);
+                        }
+                        cursor += 1;
+                    } else if let Some((_, bytes)) = q.events.pop_front() {
+                        batch.push(&bytes);
+                        own += 1;
+                    } else {
                         break;
                     }
-                    buf.extend_from_slice(front);
-                    q.events.pop_front();
                 }
-                Some(buf.freeze())
             }
-        };
-        if let Some(data) = data {
-            let taken = queued - q.events.len();
-            q.replay_allowance = q.replay_allowance.saturating_sub(taken);
-            drop(q);
-            this.conn
-                .last_write_ms
-                .store(this.shared.now_ms(), Ordering::Relaxed);
-            return Poll::Ready(Some(Ok(Frame::data(data))));
-        }
-        match &mut q.state {
-            State::Open => {
-                if !q.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    q.waker = Some(cx.waker().clone());
-                }
-                Poll::Pending
-            }
-            State::Draining(last) => {
-                let last = last.take();
-                q.state = State::Ended;
+            this.conn.cursor.store(cursor, Ordering::Relaxed);
+            if let Some(data) = batch.finish() {
+                q.replay_allowance = q.replay_allowance.saturating_sub(own);
                 drop(q);
-                match last {
-                    Some(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
-                    None => {
-                        this.done = true;
-                        Poll::Ready(None)
-                    }
-                }
+                this.conn
+                    .last_write_ms
+                    .store(this.shared.now_ms(), Ordering::Relaxed);
+                return Poll::Ready(Some(Ok(Frame::data(data))));
             }
-            State::Ended => {
-                this.done = true;
-                Poll::Ready(None)
+            match &mut q.state {
+                State::Open => {
+                    if !q.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                        q.waker = Some(cx.waker().clone());
+                    }
+                    drop(q);
+                    // Parked on the ring too; read again if a publish slipped in meanwhile.
+                    if this.conn.broadcast.park(this.conn.id.0, cursor, cx.waker()) {
+                        continue;
+                    }
+                    return Poll::Pending;
+                }
+                State::Draining(last) => {
+                    let last = last.take();
+                    q.state = State::Ended;
+                    drop(q);
+                    return match last {
+                        Some(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                        None => {
+                            this.done = true;
+                            Poll::Ready(None)
+                        }
+                    };
+                }
+                State::Ended => {
+                    this.done = true;
+                    return Poll::Ready(None);
+                }
             }
         }
     }
@@ -419,6 +498,7 @@ impl<M: Send + Sync + 'static> Body for ConnectionBody<M> {
 
 impl<M: Send + Sync + 'static> Drop for ConnectionBody<M> {
     fn drop(&mut self) {
+        self.conn.broadcast.unpark(self.conn.id.0);
         // The stream is over for whatever reason: make sure the manager forgets it now.
         let reason = match self.context.as_ref().map(SseContext::end) {
             Some(StreamEnd::IdleTimeout) => CloseReason::IdleTimeout,
@@ -429,6 +509,45 @@ impl<M: Send + Sync + 'static> Drop for ConnectionBody<M> {
         if !self.shared.close(&self.conn, State::Ended, reason) {
             // It was completing when the client left: free what it still held.
             self.shared.discard(&self.conn);
+        }
+    }
+}
+
+/// The events of one frame: a lone event is handed on as it is, several are copied into
+/// one buffer.
+enum Batch {
+    Empty,
+    One(Bytes),
+    Many(BytesMut),
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        match self {
+            Batch::Empty => 0,
+            Batch::One(b) => b.len(),
+            Batch::Many(b) => b.len(),
+        }
+    }
+
+    fn push(&mut self, bytes: &Bytes) {
+        match self {
+            Batch::Empty => *self = Batch::One(bytes.clone()),
+            Batch::One(first) => {
+                let mut buf = BytesMut::with_capacity((first.len() + bytes.len()) * 4);
+                buf.extend_from_slice(first);
+                buf.extend_from_slice(bytes);
+                *self = Batch::Many(buf);
+            }
+            Batch::Many(buf) => buf.extend_from_slice(bytes),
+        }
+    }
+
+    fn finish(self) -> Option<Bytes> {
+        match self {
+            Batch::Empty => None,
+            Batch::One(b) => Some(b),
+            Batch::Many(b) => Some(b.freeze()),
         }
     }
 }

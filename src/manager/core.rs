@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::connection::{lock, Connection, ConnectionBody, ConnectionHandle, Offer, State};
 use super::history::{History, Position};
+use super::ring::Broadcast;
 use super::types::{
     CloseReason, Connect, ConnectError, ConnectionId, Delivery, Replay, SendError,
     SlowConsumerPolicy, Stats,
@@ -38,7 +39,7 @@ impl Hasher for IdHasher {
     }
 }
 
-type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+pub(crate) type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
 struct Registry<M> {
     conns: IdMap<Arc<Connection<M>>>,
@@ -100,6 +101,8 @@ pub(crate) struct Shared<M> {
     /// Serialises publishing with registration, so replay and live events meet with no gap
     /// and no duplicate. Lock order: history, then registry, then a connection's queue.
     history: Mutex<History>,
+    /// Events published to everyone, read by each connection at its own position.
+    broadcast: Arc<Broadcast>,
     next_id: AtomicU64,
     shutting_down: AtomicBool,
     epoch: Instant,
@@ -133,7 +136,7 @@ impl<M> Shared<M> {
     /// Closes `conn` once: moves its queue to `state`, removes it from every index, counts
     /// it and calls the close hook. Returns `false` if it had already closed.
     pub(crate) fn close(&self, conn: &Connection<M>, state: State, reason: CloseReason) -> bool {
-        let Some(discarded) = conn.end(state, reason) else {
+        let Some(discarded) = conn.end(state, reason, self.broadcast.end()) else {
             return false;
         };
         self.write().remove(conn);
@@ -165,7 +168,7 @@ impl<M> Shared<M> {
         if self.shutting_down.load(Ordering::Acquire) {
             return Err(SendError::ShutDown);
         }
-        match conn.offer(bytes, self.config.policy) {
+        match conn.offer(bytes, self.broadcast.end(), self.config.policy) {
             Offer::Queued => {
                 self.counters.events.fetch_add(1, Ordering::Relaxed);
                 self.counters.deliveries.fetch_add(1, Ordering::Relaxed);
@@ -186,6 +189,82 @@ impl<M> Shared<M> {
         }
     }
 
+    /// A connection found that published events it never sent have left the ring. Applies
+    /// the policy: returns `true` if it may go on (the loss counted as lag), `false` if it
+    /// was closed.
+    pub(crate) fn lagged(&self, conn: &Connection<M>, missed: u64) -> bool {
+        match self.config.policy {
+            SlowConsumerPolicy::DropOldest => {
+                conn.lagged.fetch_add(missed, Ordering::Relaxed);
+                self.counters.lagged.fetch_add(missed, Ordering::Relaxed);
+                self.counters.dropped.fetch_add(missed, Ordering::Relaxed);
+                true
+            }
+            SlowConsumerPolicy::Disconnect => {
+                if !self.close(conn, State::Ended, CloseReason::SlowConsumer) {
+                    // Already completing: it cannot deliver what it promised; end it.
+                    self.discard(conn);
+                }
+                false
+            }
+        }
+    }
+
+    /// Closes the connections that fell behind the ring's start. Run once per ring wrap,
+    /// so it costs a fraction of a connection per publish and also catches clients that
+    /// stopped reading altogether (their body is never polled to notice).
+    fn sweep_lagging(&self, start: u64) -> usize {
+        let behind: Vec<_> = self
+            .read()
+            .conns
+            .values()
+            .filter(|c| c.cursor.load(Ordering::Relaxed) < start)
+            .cloned()
+            .collect();
+        behind
+            .iter()
+            .filter(|c| self.close(c, State::Ended, CloseReason::SlowConsumer))
+            .count()
+    }
+
+    /// Publishes to everyone through the ring: one push, whatever the number of connections.
+    fn publish_all(&self, event: Event) -> Delivery {
+        let (event, start) = {
+            let mut history = lock(&self.history);
+            let event = match event.id() {
+                None if self.config.auto_ids => {
+                    let seq = history.next_seq();
+                    event.with_validated_id(crate::event::decimal(seq.into(), &mut [0; 40]))
+                }
+                _ => event,
+            };
+            history.push(event.clone(), None, Instant::now());
+            // Under the history lock, like `connect` reading the ring's end: a client that
+            // registers gets every event either from the replay or from the ring, never both.
+            let start = self.broadcast.push(event.as_bytes().clone());
+            (event, start)
+        };
+        let capacity = self.config.queue_capacity as u64;
+        let disconnected = match self.config.policy {
+            // On the first overflow, then once per wrap: a client that stopped reading is
+            // disconnected on the very publish it could no longer hold.
+            SlowConsumerPolicy::Disconnect if start > 0 && (start - 1) % capacity == 0 => {
+                self.sweep_lagging(start)
+            }
+            _ => 0,
+        };
+        // Everyone still open after the sweep will send it.
+        let delivered = self.read().conns.len();
+        let c = &self.counters;
+        c.events.fetch_add(1, Ordering::Relaxed);
+        c.deliveries.fetch_add(delivered as u64, Ordering::Relaxed);
+        Delivery {
+            id: event.id().map(Arc::from),
+            delivered,
+            disconnected,
+        }
+    }
+
     /// The one path every multi-recipient send takes.
     pub(crate) fn dispatch(
         &self,
@@ -194,6 +273,9 @@ impl<M> Shared<M> {
     ) -> Result<Delivery, SendError> {
         if self.shutting_down.load(Ordering::Acquire) {
             return Err(SendError::ShutDown);
+        }
+        if let Target::All = target {
+            return Ok(self.publish_all(event));
         }
         let recorded = matches!(target, Target::All | Target::Topic(_));
         // Recorded events are published under the history lock: one order for everyone.
@@ -214,11 +296,12 @@ impl<M> Shared<M> {
         }
         let bytes = event.as_bytes();
         let policy = self.config.policy;
+        let stamp = self.broadcast.end();
         let (mut delivered, mut lagged) = (0usize, 0u64);
         let mut full: Vec<Arc<Connection<M>>> = Vec::new();
         {
             let registry = self.read();
-            let mut offer = |conn: &Arc<Connection<M>>| match conn.offer(bytes, policy) {
+            let mut offer = |conn: &Arc<Connection<M>>| match conn.offer(bytes, stamp, policy) {
                 Offer::Queued => delivered += 1,
                 Offer::Lagged => {
                     delivered += 1;
@@ -342,8 +425,11 @@ impl<M: Send + Sync + 'static> ConnectionManager<M> {
             meta,
             shared.config.queue_capacity,
             shared.now_ms(),
+            shared.broadcast.clone(),
         );
         let mut history = lock(&shared.history);
+        // Live published events start here; earlier ones come from the replay.
+        *conn.cursor.get_mut() = shared.broadcast.end();
         if let (Some(last), true) = (&last_event_id, history.enabled()) {
             let wants = |topic: Option<&str>| topic.map_or(true, |t| conn.has_topic(t));
             let (replay, events) = match history.since(last.as_str(), wants, Instant::now()) {
@@ -361,7 +447,7 @@ impl<M: Send + Sync + 'static> ConnectionManager<M> {
             // Replayed events never count against the live queue's capacity; the allowance
             // shrinks as the body hands them out.
             q.replay_allowance = events.len();
-            q.events.extend(events);
+            q.events.extend(events.into_iter().map(|bytes| (0, bytes)));
         }
         let conn = Arc::new(conn);
         {
@@ -759,6 +845,7 @@ impl<M: Send + Sync + 'static> ManagerBuilder<M> {
         let first_seq = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_micros() as u64);
+        let ring_capacity = self.config.queue_capacity;
         ConnectionManager {
             shared: Arc::new(Shared {
                 config: self.config,
@@ -768,6 +855,7 @@ impl<M: Send + Sync + 'static> ManagerBuilder<M> {
                     by_topic: HashMap::new(),
                 }),
                 history: Mutex::new(History::new(self.replay_len, self.replay_age, first_seq)),
+                broadcast: Arc::new(Broadcast::new(ring_capacity)),
                 next_id: AtomicU64::new(1),
                 shutting_down: AtomicBool::new(false),
                 epoch: Instant::now(),

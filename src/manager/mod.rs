@@ -60,6 +60,7 @@
 mod connection;
 mod core;
 mod history;
+mod ring;
 mod types;
 
 pub use self::connection::{Connection, ConnectionBody, ConnectionHandle};
