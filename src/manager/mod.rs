@@ -39,12 +39,18 @@
 //!
 //! # How it behaves
 //!
-//! - **Never waits on a client.** Every connection has a bounded queue; a send only pushes
-//!   a reference-counted `Bytes` onto it. When a queue is full the
-//!   [`SlowConsumerPolicy`] applies: disconnect (the client reconnects and catches up by
-//!   replay) or drop the oldest event and count the lag.
+//! - **Never waits on a client.** [`publish`](ConnectionManager::publish) puts the event once
+//!   into a bounded ring that every connection reads at its own position (as
+//!   `tokio::sync::broadcast` does): its cost does not grow with the number of connections.
+//!   Sends to a key, a topic, a filter or one connection go to that connection's own queue,
+//!   stamped so that each connection still sends everything in the order it was sent.
+//! - **Bounded memory per client.** A connection's backlog (its queue plus the published
+//!   events it has not sent) is bounded by the queue capacity. When it is exceeded the
+//!   [`SlowConsumerPolicy`] applies: disconnect (the default: the client reconnects and
+//!   catches up by replay; a client that stopped reading is found on the publish it can no
+//!   longer hold) or drop the oldest events and count the lag.
 //! - **Encoded once.** One event sent to 100,000 connections is one buffer.
-//! - **Coalesced writes.** Events queued together leave the body as one frame.
+//! - **Coalesced writes.** Events waiting together leave the body as one frame.
 //! - **Cleaned up at once.** When the server drops a [`ConnectionBody`] (the client went
 //!   away), the connection leaves every index and its hook fires; no sweeper is needed.
 //! - **Replay without a seam.** Publishing and registration take the same lock, so a client
