@@ -1,0 +1,1827 @@
+//! The load generator: opens thousands of real SSE connections over loopback to a
+//! `loadserver` child process and measures what users of an SSE server care about.
+//!
+//! Run with `cargo run --release --example loadgen -- --modes tower-sse,axum-broadcast,hyper-bare`
+//! after `cargo build --release --example loadserver`. It starts the sibling `loadserver`
+//! binary itself, one fresh process per scenario, so it knows the pid and reads the server's
+//! RSS and CPU time from `/proc`. `scripts/bench.sh` runs everything and writes the report;
+//! `--help` lists the options.
+//!
+//! Scenarios (`--scenarios fanout,latency,idle,slow,churn`), each bounded in time and count:
+//!
+//! - `fanout`: N clients; a closed loop publishes as fast as the clients keep up, with at most
+//!   a window of events outstanding (on average over clients). `single`: one event per
+//!   publish and a window of one, so every write carries exactly one event. `pipelined`: one
+//!   event per publish with up to 64 in flight, so the server may merge what queued up while
+//!   it was busy. `coalesced`: bursts of 64 events per publish, two bursts in flight. Reports
+//!   deliveries/s (events read, summed over clients, per second), events per read and
+//!   per-event latency. The server's queues (`--fanout-queue`, default 4096) are deep enough
+//!   that no client falls out of a broadcast channel.
+//! - `latency`: one publish per second; per event, the time from the timestamp in its payload
+//!   to the moment the *last* client read it; p50/p99/max over events.
+//! - `idle`: N (up to ~19,000) clients, no publishes; server CPU over a window, heartbeats
+//!   received, server memory per connection.
+//! - `slow`: the `single` fan-out twice, with 0 % and with 1 % of clients that never read
+//!   after the headers: the others' deliveries/s and p99, server RSS sampled over time. Both
+//!   runs first push enough data (72 events of 64 KiB, then small ones) that a client that
+//!   does not read is stuck: its kernel buffers and the server's queue for it are full.
+//! - `churn`: connect, receive one event, close, as fast as possible with bounded concurrency;
+//!   then whether open streams, tasks, file descriptors and RSS return to where they started,
+//!   and RSS after two more rounds (a leak keeps climbing; an allocator's high-water mark
+//!   does not).
+//!
+//! Every scenario prints one JSON line on stdout (and appends it to `--out`), and a human
+//! summary on stderr. On a shared machine a scenario waits until the machine is idle before
+//! it starts, records how much CPU other processes took during it (`other_cpu_pct`), and is
+//! measured again (at most `--retries` times) when that exceeds `--max-other-cpu`.
+//!
+//! Connections bind to source addresses `127.0.0.2..=127.0.0.251` in turn, so ephemeral ports
+//! never run out. N must stay below the process's open-file limit: the generator raises its
+//! soft limit to the hard one with `prlimit` if it can.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinHandle;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+type Result<T, E = Error> = std::result::Result<T, E>;
+
+// ---------------------------------------------------------------------------------------------
+// Options
+
+#[derive(Debug, Clone)]
+struct Opts {
+    modes: Vec<String>,
+    scenarios: Vec<String>,
+    server: Option<PathBuf>,
+    out: Option<PathBuf>,
+    workers: usize,
+    connect_concurrency: usize,
+    heartbeat_ms: u64,
+    queue: usize,
+    bytes: usize,
+    // fanout
+    clients: usize,
+    fanout_queue: usize,
+    variants: Vec<String>,
+    fanout_secs: f64,
+    burst: u64,
+    burst_window: u64,
+    single_window: u64,
+    pipeline_window: u64,
+    // latency
+    latency_clients: usize,
+    latency_secs: u64,
+    // idle
+    idle_clients: usize,
+    idle_secs: f64,
+    // slow
+    slow_clients: usize,
+    slow_pct: f64,
+    slow_secs: f64,
+    slow_bytes: usize,
+    slow_prefill_bytes: usize,
+    slow_prefill_events: u64,
+    // churn
+    churn_secs: f64,
+    churn_concurrency: usize,
+    churn_extra_rounds: u32,
+    // a publish round that makes no progress for this long ends the run
+    stall_secs: f64,
+    // shared machines: wait for this much idle CPU before a scenario, and measure again (up
+    // to `retries` times) when other processes used more than `max_other_cpu` % of a core
+    quiet_idle_pct: f64,
+    max_other_cpu: f64,
+    retries: u32,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            modes: vec![
+                "tower-sse".into(),
+                "axum-broadcast".into(),
+                "hyper-bare".into(),
+            ],
+            scenarios: ["fanout", "latency", "idle", "slow", "churn"]
+                .map(String::from)
+                .to_vec(),
+            server: None,
+            out: None,
+            workers: 2,
+            connect_concurrency: 256,
+            heartbeat_ms: 15_000,
+            queue: 256,
+            bytes: 128,
+            clients: 10_000,
+            fanout_queue: 4096,
+            variants: ["single", "pipelined", "coalesced"]
+                .map(String::from)
+                .to_vec(),
+            fanout_secs: 6.0,
+            burst: 64,
+            burst_window: 128,
+            single_window: 1,
+            pipeline_window: 64,
+            latency_clients: 10_000,
+            latency_secs: 20,
+            idle_clients: 19_000,
+            idle_secs: 30.0,
+            slow_clients: 1_000,
+            slow_pct: 1.0,
+            slow_secs: 8.0,
+            slow_bytes: 1024,
+            slow_prefill_bytes: 65536,
+            slow_prefill_events: 72,
+            churn_secs: 8.0,
+            churn_concurrency: 128,
+            churn_extra_rounds: 2,
+            stall_secs: 10.0,
+            quiet_idle_pct: 85.0,
+            max_other_cpu: 15.0,
+            retries: 2,
+        }
+    }
+}
+
+const USAGE: &str = "usage: loadgen [options]
+  --modes LIST        tower-sse,axum-broadcast,hyper-bare (also tower-sse-hyper, tokio-raw;
+                      MODE:hyper serves an axum router with the bare hyper loop)
+  --scenarios LIST    fanout,latency,idle,slow,churn
+  --out FILE          append the JSON lines to FILE     --server PATH   the loadserver binary
+  --workers 2  --connect-concurrency 256  --heartbeat-ms 15000  --queue 256  --bytes 128
+  fanout:   --clients 10000 --fanout-queue 4096 --variants single,pipelined,coalesced
+            --fanout-secs 6 --burst 64 --burst-window 128 --single-window 1 --pipeline-window 64
+  latency:  --latency-clients 10000 --latency-secs 20
+  idle:     --idle-clients 19000 --idle-secs 30
+  slow:     --slow-clients 1000 --slow-pct 1 --slow-secs 8 --slow-bytes 1024
+            --slow-prefill-bytes 65536 --slow-prefill-events 72
+  churn:    --churn-secs 8 --churn-concurrency 128 --churn-extra-rounds 2
+  other:    --stall-secs 10 --quiet-idle-pct 85 --max-other-cpu 15 --retries 2";
+
+fn parse_opts() -> Result<Opts, String> {
+    let mut o = Opts::default();
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if flag == "--help" || flag == "-h" {
+            return Err(String::new());
+        }
+        let v = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        fn num<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
+            v.parse().map_err(|_| format!("bad value for {flag}: {v}"))
+        }
+        let list = |v: &str| v.split(',').map(str::to_owned).collect::<Vec<_>>();
+        match flag.as_str() {
+            "--modes" => o.modes = list(&v),
+            "--scenarios" => o.scenarios = list(&v),
+            "--server" => o.server = Some(v.into()),
+            "--out" => o.out = Some(v.into()),
+            "--workers" => o.workers = num::<usize>(&flag, &v)?.max(1),
+            "--connect-concurrency" => o.connect_concurrency = num::<usize>(&flag, &v)?.max(1),
+            "--heartbeat-ms" => o.heartbeat_ms = num(&flag, &v)?,
+            "--queue" => o.queue = num(&flag, &v)?,
+            "--bytes" => o.bytes = num(&flag, &v)?,
+            "--clients" => o.clients = num(&flag, &v)?,
+            "--fanout-queue" => o.fanout_queue = num(&flag, &v)?,
+            "--variants" => o.variants = list(&v),
+            "--fanout-secs" => o.fanout_secs = num(&flag, &v)?,
+            "--burst" => o.burst = num::<u64>(&flag, &v)?.max(1),
+            "--burst-window" => o.burst_window = num(&flag, &v)?,
+            "--single-window" => o.single_window = num::<u64>(&flag, &v)?.max(1),
+            "--pipeline-window" => o.pipeline_window = num::<u64>(&flag, &v)?.max(1),
+            "--latency-clients" => o.latency_clients = num(&flag, &v)?,
+            "--latency-secs" => o.latency_secs = num(&flag, &v)?,
+            "--idle-clients" => o.idle_clients = num(&flag, &v)?,
+            "--idle-secs" => o.idle_secs = num(&flag, &v)?,
+            "--slow-clients" => o.slow_clients = num(&flag, &v)?,
+            "--slow-pct" => o.slow_pct = num(&flag, &v)?,
+            "--slow-secs" => o.slow_secs = num(&flag, &v)?,
+            "--slow-bytes" => o.slow_bytes = num(&flag, &v)?,
+            "--slow-prefill-bytes" => o.slow_prefill_bytes = num(&flag, &v)?,
+            "--slow-prefill-events" => o.slow_prefill_events = num(&flag, &v)?,
+            "--churn-secs" => o.churn_secs = num(&flag, &v)?,
+            "--churn-concurrency" => o.churn_concurrency = num::<usize>(&flag, &v)?.max(1),
+            "--churn-extra-rounds" => o.churn_extra_rounds = num(&flag, &v)?,
+            "--stall-secs" => o.stall_secs = num(&flag, &v)?,
+            "--quiet-idle-pct" => o.quiet_idle_pct = num(&flag, &v)?,
+            "--max-other-cpu" => o.max_other_cpu = num(&flag, &v)?,
+            "--retries" => o.retries = num(&flag, &v)?,
+            _ => return Err(format!("unknown option {flag}")),
+        }
+    }
+    o.burst_window = o.burst_window.max(o.burst);
+    Ok(o)
+}
+
+fn main() {
+    let opts = match parse_opts() {
+        Ok(o) => o,
+        Err(e) if e.is_empty() => {
+            println!("{USAGE}");
+            return;
+        }
+        Err(e) => {
+            eprintln!("{e}\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    raise_nofile_limit();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(opts.workers)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run(opts)) {
+        Ok(0) => {}
+        Ok(failures) => {
+            eprintln!("loadgen: {failures} scenario(s) failed");
+            std::process::exit(1);
+        }
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn run(opts: Opts) -> Result<usize> {
+    let server_bin = match &opts.server {
+        Some(p) => p.clone(),
+        None => sibling_binary("loadserver")?,
+    };
+    let limit = nofile_limit().unwrap_or((1024, 1024));
+    eprintln!(
+        "loadgen: server binary {}, open-file limit {} (hard {}), CLK_TCK {}",
+        server_bin.display(),
+        limit.0,
+        limit.1,
+        clk_tck()
+    );
+    let ctx = Ctx {
+        opts: opts.clone(),
+        server_bin,
+        fd_limit: limit.0,
+    };
+    let mut failures = 0;
+    let mut summary: Vec<Value> = Vec::new();
+    for scenario in &opts.scenarios {
+        for mode in &opts.modes {
+            let mut attempt = 0;
+            let records = loop {
+                attempt += 1;
+                wait_for_quiet(opts.quiet_idle_pct, Duration::from_secs(300)).await;
+                let outcome = match scenario.as_str() {
+                    "fanout" => fanout(&ctx, mode).await,
+                    "latency" => latency(&ctx, mode).await,
+                    "idle" => idle(&ctx, mode).await,
+                    "slow" => slow(&ctx, mode).await,
+                    "churn" => churn(&ctx, mode).await,
+                    other => Err(format!("unknown scenario {other}").into()),
+                };
+                let mut records = match outcome {
+                    Ok(records) => records,
+                    Err(e) => {
+                        vec![json!({"scenario": scenario, "mode": mode, "error": e.to_string()})]
+                    }
+                };
+                // Other work on a shared machine skews a run: measure again, a bounded
+                // number of times, when it took more than the allowed share.
+                let other = records
+                    .iter()
+                    .filter_map(|r| r["other_cpu_pct"].as_f64())
+                    .fold(0.0, f64::max);
+                for r in &mut records {
+                    r["attempt"] = json!(attempt);
+                }
+                if other <= opts.max_other_cpu || attempt > opts.retries {
+                    break records;
+                }
+                eprintln!(
+                    "  other processes used {other:.0} % of a core during the run: measuring again"
+                );
+            };
+            failures += records.iter().filter(|r| !r["error"].is_null()).count();
+            for record in records {
+                emit(&ctx.opts, &record)?;
+                summary.push(record);
+            }
+        }
+    }
+    print_summary(&summary);
+    Ok(failures)
+}
+
+struct Ctx {
+    opts: Opts,
+    server_bin: PathBuf,
+    fd_limit: u64,
+}
+
+impl Ctx {
+    fn check_fds(&self, n: usize) -> Result<()> {
+        if n as u64 + 200 > self.fd_limit {
+            return Err(format!(
+                "{n} connections need {} open files; the limit is {} (run `ulimit -n $(ulimit -Hn)`)",
+                n + 200,
+                self.fd_limit
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    fn stall(&self) -> Duration {
+        Duration::from_secs_f64(self.opts.stall_secs)
+    }
+}
+
+fn emit(opts: &Opts, record: &Value) -> Result<()> {
+    let line = record.to_string();
+    println!("{line}");
+    std::io::stdout().flush()?;
+    if let Some(path) = &opts.out {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        writeln!(f, "{line}")?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server child and /proc
+
+/// The `loadserver` binary next to this one (`target/release/examples/`).
+fn sibling_binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().ok_or("current_exe has no parent directory")?;
+    let path = dir.join(name);
+    if !path.exists() {
+        return Err(format!(
+            "{} not found: build it with `cargo build --release --example {name}`",
+            path.display()
+        )
+        .into());
+    }
+    Ok(path)
+}
+
+struct Server {
+    child: Child,
+    pid: u32,
+    addr: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Closing its stdin asks the server to exit (so a profiler wrapping it can write its
+        // report); it is killed if it has not after a few seconds.
+        drop(self.child.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    async fn spawn(ctx: &Ctx, mode: &str, heartbeat_ms: u64, queue: usize) -> Result<Server> {
+        // `MODE:hyper` serves an axum router with the bare hyper loop (`--serve hyper`).
+        let (name, serve) = mode.split_once(':').unwrap_or((mode, "axum"));
+        let mut child = Command::new(&ctx.server_bin)
+            .args(["--mode", name, "--serve", serve])
+            .args(["--addr", "127.0.0.1:0", "--workers", "2"])
+            .args(["--heartbeat-ms", &heartbeat_ms.to_string()])
+            .args(["--queue", &queue.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let pid = child.id();
+        let line = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            line
+        })
+        .await?;
+        let mut server = Server {
+            child,
+            pid,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| format!("loadserver --mode {mode} did not start: {line:?}"))?;
+        // Let the runtime's threads settle before the baseline is read.
+        server.addr = addr;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Ok(server)
+    }
+
+    fn sample(&self) -> Sample {
+        Sample::of(self.pid)
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+/// One reading of a process's counters.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at: Instant,
+    rss_kib: u64,
+    cpu_ticks: u64,
+    fds: u64,
+    threads: u64,
+    /// Busy time of the whole machine (all CPUs) from `/proc/stat`, in clock ticks.
+    machine_busy_ticks: u64,
+}
+
+impl Sample {
+    fn of(pid: u32) -> Sample {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        Sample {
+            at: Instant::now(),
+            rss_kib: field("VmRSS:"),
+            cpu_ticks: cpu_ticks(pid).unwrap_or(0),
+            fds: std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64),
+            threads: field("Threads:"),
+            machine_busy_ticks: machine_busy_ticks().unwrap_or(0),
+        }
+    }
+
+    /// CPU used between two samples, in percent of one core.
+    fn cpu_pct_since(&self, earlier: &Sample) -> f64 {
+        let wall = self.at.duration_since(earlier.at).as_secs_f64();
+        let cpu = self.cpu_ticks.saturating_sub(earlier.cpu_ticks) as f64 / clk_tck() as f64;
+        if wall > 0.0 {
+            100.0 * cpu / wall
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Waits (up to `max`) until the machine was at least `idle_pct` % idle over one second, so a
+/// scenario does not start while other work runs. Zero disables the wait.
+async fn wait_for_quiet(idle_pct: f64, max: Duration) {
+    if idle_pct <= 0.0 {
+        return;
+    }
+    let deadline = Instant::now() + max;
+    loop {
+        let (b0, t0) = (machine_busy_ticks().unwrap_or(0), Instant::now());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let busy = machine_busy_ticks().unwrap_or(0).saturating_sub(b0) as f64;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let total = t0.elapsed().as_secs_f64() * clk_tck() as f64 * cpus;
+        let idle = 100.0 * (1.0 - busy / total.max(1.0));
+        if idle >= idle_pct {
+            return;
+        }
+        if Instant::now() > deadline {
+            eprintln!("  machine still busy ({idle:.0} % idle): running anyway");
+            return;
+        }
+    }
+}
+
+/// CPU used between two samples by everything except the server and the load generator, in
+/// percent of one core: other work on a shared machine that skews a run.
+fn other_cpu_pct(server: (&Sample, &Sample), me: (&Sample, &Sample)) -> f64 {
+    let wall = server.1.at.duration_since(server.0.at).as_secs_f64();
+    let all = server
+        .1
+        .machine_busy_ticks
+        .saturating_sub(server.0.machine_busy_ticks);
+    let ours = server.1.cpu_ticks.saturating_sub(server.0.cpu_ticks)
+        + me.1.cpu_ticks.saturating_sub(me.0.cpu_ticks);
+    if wall > 0.0 {
+        100.0 * all.saturating_sub(ours) as f64 / clk_tck() as f64 / wall
+    } else {
+        0.0
+    }
+}
+
+/// user + nice + system + irq + softirq + steal of the `cpu` line of `/proc/stat`.
+fn machine_busy_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    Some(v.first()? + v.get(1)? + v.get(2)? + v.get(5)? + v.get(6)? + v.get(7)?)
+}
+
+/// utime + stime from `/proc/PID/stat`, in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces: fields are counted after its closing parenthesis.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Field 3 of stat(5) is fields[0]: utime (14) and stime (15) are fields[11] and [12].
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+fn clk_tck() -> u64 {
+    static TCK: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TCK.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100)
+    })
+}
+
+/// The soft and hard `Max open files` from `/proc/self/limits`.
+fn nofile_limit() -> Option<(u64, u64)> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let mut nums = line
+        .split_whitespace()
+        .filter_map(|w| w.parse::<u64>().ok());
+    Some((nums.next()?, nums.next()?))
+}
+
+/// Raises the soft open-file limit to the hard one. Without a libc binding (this crate
+/// forbids `unsafe`), util-linux's `prlimit` does it from outside; `scripts/bench.sh` also runs
+/// `ulimit -n` before starting us. Children inherit the raised limit.
+fn raise_nofile_limit() {
+    let Some((soft, hard)) = nofile_limit() else {
+        return;
+    };
+    if soft >= hard {
+        return;
+    }
+    let pid = std::process::id().to_string();
+    let status = Command::new("prlimit")
+        .args(["--pid", &pid, &format!("--nofile={hard}:{hard}")])
+        .stderr(Stdio::null())
+        .status();
+    if !matches!(status, Ok(s) if s.success()) {
+        eprintln!("loadgen: could not raise the open-file limit from {soft} to {hard}; use `ulimit -n {hard}`");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Control requests (publish, stats) over one keep-alive connection
+
+struct Control {
+    addr: SocketAddr,
+    sender: Option<hyper::client::conn::http1::SendRequest<Empty<Bytes>>>,
+}
+
+impl Control {
+    fn new(addr: SocketAddr) -> Control {
+        Control { addr, sender: None }
+    }
+
+    async fn request(&mut self, method: Method, path: &str) -> Result<Bytes> {
+        let mut last: Error = "no attempt".into();
+        for _ in 0..3 {
+            if self.sender.is_none() {
+                let stream = TcpStream::connect(self.addr).await?;
+                stream.set_nodelay(true)?;
+                let (sender, conn) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+                tokio::spawn(conn);
+                self.sender = Some(sender);
+            }
+            let Some(sender) = self.sender.as_mut() else {
+                continue;
+            };
+            let req = Request::builder()
+                .method(method.clone())
+                .uri(path)
+                .header(http::header::HOST, "loadserver")
+                .body(Empty::new())?;
+            let sent = match sender.ready().await {
+                Ok(()) => sender.send_request(req).await,
+                Err(e) => Err(e),
+            };
+            match sent {
+                Ok(res) => {
+                    let status = res.status();
+                    let body = res.into_body().collect().await?.to_bytes();
+                    if !status.is_success() {
+                        return Err(format!("{method} {path}: {status}").into());
+                    }
+                    return Ok(body);
+                }
+                Err(e) => {
+                    self.sender = None;
+                    last = e.into();
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn publish(&mut self, n: u64, bytes: usize, seq: u64) -> Result<()> {
+        let path = format!("/publish?n={n}&bytes={bytes}&seq={seq}");
+        self.request(Method::POST, &path).await.map(drop)
+    }
+
+    /// `(open, tasks)` from the server's `/stats`.
+    async fn stats(&mut self) -> Result<(u64, u64)> {
+        let body = self.request(Method::GET, "/stats").await?;
+        let v: Value = serde_json::from_slice(&body)?;
+        Ok((
+            v["open"].as_u64().unwrap_or(0),
+            v["tasks"].as_u64().unwrap_or(0),
+        ))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The client side of one SSE connection
+
+/// Decodes HTTP/1.1 chunked framing and the SSE lines inside it, keeping only what the load
+/// test needs: each `data: SEQ TS ...` line (one per event) and each comment (heartbeat).
+#[derive(Debug)]
+struct SseReader {
+    chunk: Chunk,
+    size: u64,
+    line: [u8; 64],
+    len: usize,
+}
+
+impl Default for SseReader {
+    fn default() -> Self {
+        SseReader {
+            chunk: Chunk::Size,
+            size: 0,
+            line: [0; 64],
+            len: 0,
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    #[default]
+    Size,
+    Extension,
+    Data,
+    DataEnd,
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Line {
+    /// An event's data line: its sequence number and publish timestamp (0 if unparsable).
+    Event {
+        seq: u64,
+        ts: u64,
+    },
+    Comment,
+}
+
+impl SseReader {
+    fn feed(&mut self, mut data: &[u8], on: &mut impl FnMut(Line)) {
+        while let Some(&b) = data.first() {
+            match self.chunk {
+                Chunk::Size | Chunk::Extension => {
+                    data = &data[1..];
+                    match b {
+                        b'\n' => {
+                            self.chunk = if self.size == 0 {
+                                Chunk::Done
+                            } else {
+                                Chunk::Data
+                            };
+                        }
+                        _ if self.chunk == Chunk::Extension => {}
+                        b'0'..=b'9' => self.size = self.size * 16 + u64::from(b - b'0'),
+                        b'a'..=b'f' => self.size = self.size * 16 + u64::from(b - b'a' + 10),
+                        b'A'..=b'F' => self.size = self.size * 16 + u64::from(b - b'A' + 10),
+                        b';' => self.chunk = Chunk::Extension,
+                        _ => {}
+                    }
+                }
+                Chunk::Data => {
+                    let k = (self.size as usize).min(data.len());
+                    self.lines(&data[..k], on);
+                    data = &data[k..];
+                    self.size -= k as u64;
+                    if self.size == 0 {
+                        self.chunk = Chunk::DataEnd;
+                    }
+                }
+                Chunk::DataEnd => {
+                    data = &data[1..];
+                    if b == b'\n' {
+                        self.chunk = Chunk::Size;
+                        self.size = 0;
+                    }
+                }
+                Chunk::Done => return,
+            }
+        }
+    }
+
+    fn lines(&mut self, mut data: &[u8], on: &mut impl FnMut(Line)) {
+        while let Some(pos) = data.iter().position(|&b| b == b'\n') {
+            self.push(&data[..pos]);
+            self.finish_line(on);
+            data = &data[pos + 1..];
+        }
+        self.push(data);
+    }
+
+    fn push(&mut self, part: &[u8]) {
+        let k = (self.line.len() - self.len).min(part.len());
+        self.line[self.len..self.len + k].copy_from_slice(&part[..k]);
+        self.len += k;
+    }
+
+    fn finish_line(&mut self, on: &mut impl FnMut(Line)) {
+        let line = &self.line[..self.len];
+        if let Some(rest) = line.strip_prefix(b"data: ") {
+            let mut fields = rest.split(|&b| b == b' ').map(parse_u64);
+            let seq = fields.next().flatten().unwrap_or(u64::MAX);
+            let ts = fields.next().flatten().unwrap_or(0);
+            on(Line::Event { seq, ts });
+        } else if line.first() == Some(&b':') {
+            on(Line::Comment);
+        }
+        self.len = 0;
+    }
+}
+
+fn parse_u64(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &b| {
+        b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
+    })
+}
+
+fn unix_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Counters shared by every client of a run.
+struct Shared {
+    /// Events read by reading clients.
+    delivered: AtomicU64,
+    reads: AtomicU64,
+    heartbeats: AtomicU64,
+    /// Clients whose stream ended or failed after the headers.
+    closed: AtomicU64,
+    wake_at: AtomicU64,
+    notify: Notify,
+    /// Latency bookkeeping for sequence numbers `base..base + len`.
+    base: AtomicU64,
+    /// Only every `stride`-th event is timed (from the base), to keep the load generator's
+    /// own cost down when events arrive by the million.
+    stride: AtomicU64,
+    max_latency: Vec<AtomicU64>,
+    receivers: Vec<AtomicU32>,
+}
+
+const LATENCY_SLOTS: usize = 1 << 18;
+
+impl Shared {
+    fn new() -> Arc<Shared> {
+        Arc::new(Shared {
+            delivered: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
+            heartbeats: AtomicU64::new(0),
+            closed: AtomicU64::new(0),
+            wake_at: AtomicU64::new(u64::MAX),
+            notify: Notify::new(),
+            base: AtomicU64::new(u64::MAX),
+            stride: AtomicU64::new(1),
+            max_latency: (0..LATENCY_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            receivers: (0..LATENCY_SLOTS).map(|_| AtomicU32::new(0)).collect(),
+        })
+    }
+
+    /// Starts latency bookkeeping at `base` (sequence numbers below it are ignored).
+    fn reset_latency(&self, base: u64, stride: u64) {
+        self.base.store(u64::MAX, Ordering::SeqCst);
+        self.stride.store(stride.max(1), Ordering::SeqCst);
+        for (l, r) in self.max_latency.iter().zip(&self.receivers) {
+            l.store(0, Ordering::Relaxed);
+            r.store(0, Ordering::Relaxed);
+        }
+        self.base.store(base, Ordering::SeqCst);
+    }
+
+    /// Accounts for what one read returned.
+    fn on_read(&self, reader: &mut SseReader, data: &[u8]) {
+        let now = unix_nanos();
+        let base = self.base.load(Ordering::Relaxed);
+        let stride = self.stride.load(Ordering::Relaxed);
+        let (mut events, mut comments) = (0u64, 0u64);
+        reader.feed(data, &mut |line| match line {
+            Line::Event { seq, ts } => {
+                events += 1;
+                let Some(i) = seq.checked_sub(base).map(|i| i as usize) else {
+                    return;
+                };
+                if i < LATENCY_SLOTS && ts > 0 && i as u64 % stride == 0 {
+                    let lat = now.saturating_sub(ts);
+                    let slot = &self.max_latency[i];
+                    if lat > slot.load(Ordering::Relaxed) {
+                        slot.fetch_max(lat, Ordering::Relaxed);
+                    }
+                    self.receivers[i].fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Line::Comment => comments += 1,
+        });
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        if comments > 0 {
+            self.heartbeats.fetch_add(comments, Ordering::Relaxed);
+        }
+        if events > 0 {
+            let before = self.delivered.fetch_add(events, Ordering::SeqCst);
+            let wake = self.wake_at.load(Ordering::SeqCst);
+            if before < wake && before + events >= wake {
+                self.notify.notify_one();
+            }
+        }
+    }
+
+    /// Waits until `target` events were delivered; `false` if `stall` passed first.
+    async fn wait_delivered(&self, target: u64, stall: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + stall;
+        loop {
+            if self.delivered.load(Ordering::SeqCst) >= target {
+                return true;
+            }
+            self.wake_at.store(target, Ordering::SeqCst);
+            if self.delivered.load(Ordering::SeqCst) >= target {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, self.notify.notified())
+                .await
+                .is_err()
+            {
+                return self.delivered.load(Ordering::SeqCst) >= target;
+            }
+        }
+    }
+
+    /// Per-event latency over `count` events from the base: the time until the last of
+    /// `expected` clients read each one.
+    fn latency(&self, count: u64, expected: u64) -> Latency {
+        let mut complete = Vec::new();
+        let mut incomplete = 0;
+        let stride = self.stride.load(Ordering::Relaxed).max(1) as usize;
+        for i in (0..(count as usize).min(LATENCY_SLOTS)).step_by(stride) {
+            if u64::from(self.receivers[i].load(Ordering::Relaxed)) >= expected {
+                complete.push(self.max_latency[i].load(Ordering::Relaxed));
+            } else {
+                incomplete += 1;
+            }
+        }
+        complete.sort_unstable();
+        let pct = |q: f64| -> f64 {
+            if complete.is_empty() {
+                return f64::NAN;
+            }
+            let rank = ((q * complete.len() as f64).ceil() as usize).clamp(1, complete.len());
+            complete[rank - 1] as f64 / 1e6
+        };
+        Latency {
+            events: complete.len() as u64,
+            incomplete,
+            p50_ms: pct(0.50),
+            p99_ms: pct(0.99),
+            max_ms: pct(1.0),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Latency {
+    events: u64,
+    incomplete: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+impl Latency {
+    fn json(&self) -> Value {
+        json!({
+            "events": self.events,
+            "incomplete_events": self.incomplete,
+            "p50_ms": round3(self.p50_ms),
+            "p99_ms": round3(self.p99_ms),
+            "max_ms": round3(self.max_ms),
+        })
+    }
+}
+
+fn round3(x: f64) -> Value {
+    if x.is_finite() {
+        json!((x * 1000.0).round() / 1000.0)
+    } else {
+        Value::Null
+    }
+}
+
+/// Source addresses rotate over `127.0.0.2..=127.0.0.251`: each has its own ephemeral ports.
+fn next_source_ip() -> IpAddr {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let i = NEXT.fetch_add(1, Ordering::Relaxed) % 250;
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i as u8))
+}
+
+/// Connects, sends `GET path`, reads the response head. Returns the stream and the body bytes
+/// read past the head.
+async fn open_stream(addr: SocketAddr, path: &str) -> Result<(TcpStream, Vec<u8>)> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(SocketAddr::new(next_source_ip(), 0))?;
+    let mut stream = socket.connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 2048];
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Err("connection closed before the response head".into());
+        }
+        head.extend_from_slice(&buf[..n]);
+        if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            let text = String::from_utf8_lossy(&head[..end]).to_ascii_lowercase();
+            if !text.starts_with("http/1.1 200") {
+                let status = text.lines().next().unwrap_or_default().to_owned();
+                return Err(format!("unexpected response: {status}").into());
+            }
+            if !text.contains("transfer-encoding: chunked") {
+                return Err("response is not chunked".into());
+            }
+            return Ok((stream, head.split_off(end + 4)));
+        }
+        if head.len() > 16 * 1024 {
+            return Err("response head too long".into());
+        }
+    }
+}
+
+/// Reads events until the stream ends.
+async fn read_events(mut stream: TcpStream, leftover: Vec<u8>, shared: Arc<Shared>) {
+    let mut reader = SseReader::default();
+    if !leftover.is_empty() {
+        shared.on_read(&mut reader, &leftover);
+    }
+    let mut buf = vec![0u8; 8192];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => shared.on_read(&mut reader, &buf[..n]),
+        }
+    }
+    shared.closed.fetch_add(1, Ordering::Relaxed);
+}
+
+/// N open connections, each a task. Dropping it closes them all.
+struct Clients {
+    tasks: Vec<JoinHandle<()>>,
+    connected: usize,
+    failed: usize,
+    first_error: Option<String>,
+    connect_secs: f64,
+}
+
+impl Clients {
+    async fn close(mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Clients {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Opens `n` connections with at most `concurrency` connects in flight; clients for which
+/// `is_slow(i)` never read after the response head. Returns once every one has its response
+/// head or has failed.
+async fn connect_all(
+    addr: SocketAddr,
+    n: usize,
+    concurrency: usize,
+    is_slow: impl Fn(usize) -> bool,
+    shared: &Arc<Shared>,
+) -> Clients {
+    let start = Instant::now();
+    let sem = Arc::new(Semaphore::new(concurrency));
+    let done = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0), Notify::new()));
+    let first_error = Arc::new(Mutex::new(None::<String>));
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let slow = is_slow(i);
+        let (sem, done, shared, first_error) = (
+            sem.clone(),
+            done.clone(),
+            shared.clone(),
+            first_error.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let opened = {
+                let Ok(_permit) = sem.acquire_owned().await else {
+                    return;
+                };
+                let mut attempt = 0;
+                loop {
+                    let r =
+                        tokio::time::timeout(Duration::from_secs(20), open_stream(addr, "/events"))
+                            .await
+                            .unwrap_or_else(|_| Err("connect timed out".into()));
+                    attempt += 1;
+                    if r.is_ok() || attempt == 3 {
+                        break r;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+                }
+            };
+            match opened {
+                Ok((stream, leftover)) => {
+                    done.0.fetch_add(1, Ordering::SeqCst);
+                    done.2.notify_one();
+                    if slow {
+                        // Keep the socket open and never read again.
+                        let _keep = stream;
+                        std::future::pending::<()>().await;
+                    } else {
+                        read_events(stream, leftover, shared).await;
+                    }
+                }
+                Err(e) => {
+                    if let Ok(mut first) = first_error.lock() {
+                        first.get_or_insert_with(|| e.to_string());
+                    }
+                    done.1.fetch_add(1, Ordering::SeqCst);
+                    done.2.notify_one();
+                }
+            }
+        }));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    while done.0.load(Ordering::SeqCst) + done.1.load(Ordering::SeqCst) < n {
+        if tokio::time::timeout_at(deadline, done.2.notified())
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let first_error = first_error.lock().ok().and_then(|e| e.clone());
+    Clients {
+        tasks,
+        connected: done.0.load(Ordering::SeqCst),
+        failed: done.1.load(Ordering::SeqCst),
+        first_error,
+        connect_secs: start.elapsed().as_secs_f64(),
+    }
+}
+
+/// A fresh server, its baseline, and N connected clients with the memory they cost.
+struct Setup {
+    server: Server,
+    control: Control,
+    shared: Arc<Shared>,
+    clients: Clients,
+    base: Sample,
+    connected: Sample,
+    open_reported: u64,
+}
+
+impl Setup {
+    async fn new(
+        ctx: &Ctx,
+        mode: &str,
+        n: usize,
+        queue: usize,
+        is_slow: impl Fn(usize) -> bool,
+    ) -> Result<Setup> {
+        ctx.check_fds(n)?;
+        let server = Server::spawn(ctx, mode, ctx.opts.heartbeat_ms, queue).await?;
+        let mut control = Control::new(server.addr);
+        control.stats().await?;
+        let base = server.sample();
+        let shared = Shared::new();
+        let clients = connect_all(
+            server.addr,
+            n,
+            ctx.opts.connect_concurrency,
+            is_slow,
+            &shared,
+        )
+        .await;
+        if clients.connected < n {
+            return Err(format!(
+                "{} of {n} connections failed ({})",
+                n - clients.connected,
+                clients.first_error.as_deref().unwrap_or("timed out")
+            )
+            .into());
+        }
+        // Let connection setup finish on the server side before reading its memory.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let connected = server.sample();
+        let (open_reported, _) = control.stats().await?;
+        eprintln!(
+            "  {mode}: {n} connected in {:.1} s; server RSS {} -> {} KiB",
+            clients.connect_secs, base.rss_kib, connected.rss_kib
+        );
+        Ok(Setup {
+            server,
+            control,
+            shared,
+            clients,
+            base,
+            connected,
+            open_reported,
+        })
+    }
+
+    fn memory_json(&self) -> Value {
+        let n = self.clients.connected.max(1) as f64;
+        let delta = self.connected.rss_kib as f64 - self.base.rss_kib as f64;
+        json!({
+            "clients": self.clients.connected,
+            "connect_s": round3(self.clients.connect_secs),
+            "connect_failed": self.clients.failed,
+            "open_reported": self.open_reported,
+            "rss_base_kib": self.base.rss_kib,
+            "rss_connected_kib": self.connected.rss_kib,
+            "rss_per_conn_bytes": (delta * 1024.0 / n).round(),
+            "server_fds": self.connected.fds,
+            "server_threads": self.connected.threads,
+        })
+    }
+
+    async fn finish(self) {
+        self.clients.close().await;
+        drop(self.server);
+    }
+}
+
+fn merge(mut a: Value, b: Value) -> Value {
+    if let (Some(a), Value::Object(b)) = (a.as_object_mut(), b) {
+        a.extend(b);
+    }
+    a
+}
+
+// ---------------------------------------------------------------------------------------------
+// Closed-loop fan-out
+
+struct LoopSpec {
+    per_publish: u64,
+    window: u64,
+    bytes: usize,
+    duration: Duration,
+    /// Stop publishing after this many events, if sooner than `duration`.
+    max_events: u64,
+    /// Clients that read.
+    readers: u64,
+}
+
+/// Publishes `per_publish` events per call as fast as the readers keep up, with at most
+/// `window` events outstanding (on average over readers), for `duration`; then waits until
+/// everything is delivered.
+async fn closed_loop(setup: &mut Setup, spec: &LoopSpec, seq: &mut u64, stall: Duration) -> Value {
+    let shared = setup.shared.clone();
+    // Time every event of a one-event-per-write run; one in 16 otherwise.
+    let stride = if spec.per_publish == 1 && spec.window == 1 {
+        1
+    } else {
+        16
+    };
+    shared.reset_latency(*seq, stride);
+    let d0 = shared.delivered.load(Ordering::SeqCst);
+    let r0 = shared.reads.load(Ordering::Relaxed);
+    let cpu0 = setup.server.sample();
+    let me0 = Sample::of(std::process::id());
+    let start = Instant::now();
+    let mut published = 0u64;
+    let mut publish_calls = 0u64;
+    let mut error = None::<String>;
+    let mut rss_max = cpu0.rss_kib;
+    let mut last_sample = Instant::now();
+    while start.elapsed() < spec.duration && published < spec.max_events {
+        let need = d0 + (published + spec.per_publish).saturating_sub(spec.window) * spec.readers;
+        if !shared.wait_delivered(need, stall).await {
+            error = Some(format!(
+                "stalled: {} of {} deliveries after {published} events",
+                shared.delivered.load(Ordering::SeqCst) - d0,
+                published * spec.readers
+            ));
+            break;
+        }
+        if let Err(e) = setup
+            .control
+            .publish(spec.per_publish, spec.bytes, *seq)
+            .await
+        {
+            error = Some(format!("publish: {e}"));
+            break;
+        }
+        *seq += spec.per_publish;
+        published += spec.per_publish;
+        publish_calls += 1;
+        if last_sample.elapsed() > Duration::from_millis(250) {
+            rss_max = rss_max.max(setup.server.sample().rss_kib);
+            last_sample = Instant::now();
+        }
+    }
+    if error.is_none()
+        && !shared
+            .wait_delivered(d0 + published * spec.readers, stall)
+            .await
+    {
+        error = Some("stalled while draining".into());
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu1 = setup.server.sample();
+    let me1 = Sample::of(std::process::id());
+    let deliveries = shared.delivered.load(Ordering::SeqCst) - d0;
+    let reads = shared.reads.load(Ordering::Relaxed) - r0;
+    let latency = shared.latency(published, spec.readers);
+    json!({
+        "latency_stride": stride,
+        "events_per_publish": spec.per_publish,
+        "window_events": spec.window,
+        "bytes": spec.bytes,
+        "readers": spec.readers,
+        "duration_s": round3(elapsed),
+        "events_published": published,
+        "publish_calls": publish_calls,
+        "deliveries": deliveries,
+        "deliveries_per_s": (deliveries as f64 / elapsed).round(),
+        "events_per_read": round3(deliveries as f64 / reads.max(1) as f64),
+        "latency": latency.json(),
+        "server_cpu_pct": round3(cpu1.cpu_pct_since(&cpu0)),
+        "loadgen_cpu_pct": round3(me1.cpu_pct_since(&me0)),
+        "other_cpu_pct": round3(other_cpu_pct((&cpu0, &cpu1), (&me0, &me1))),
+        "rss_max_kib": rss_max.max(cpu1.rss_kib),
+        "rss_end_kib": cpu1.rss_kib,
+        "error": error,
+    })
+}
+
+async fn fanout(ctx: &Ctx, mode: &str) -> Result<Vec<Value>> {
+    let o = &ctx.opts;
+    eprintln!("fanout: {mode}, {} clients", o.clients);
+    let mut setup = Setup::new(ctx, mode, o.clients, o.fanout_queue, |_| false).await?;
+    let memory = setup.memory_json();
+    let mut seq = 1;
+    let mut records = Vec::new();
+    for (variant, per_publish, window) in [
+        ("single", 1, o.single_window),
+        ("pipelined", 1, o.pipeline_window),
+        ("coalesced", o.burst, o.burst_window),
+    ] {
+        if !o.variants.iter().any(|v| v == variant) {
+            continue;
+        }
+        let spec = LoopSpec {
+            per_publish,
+            window,
+            bytes: o.bytes,
+            duration: Duration::from_secs_f64(o.fanout_secs),
+            max_events: u64::MAX,
+            readers: o.clients as u64,
+        };
+        let result = closed_loop(&mut setup, &spec, &mut seq, ctx.stall()).await;
+        eprintln!(
+            "  {variant}: {} deliveries/s, {} events/read, p99 {} ms, server CPU {} %",
+            result["deliveries_per_s"],
+            result["events_per_read"],
+            result["latency"]["p99_ms"],
+            result["server_cpu_pct"]
+        );
+        let record = json!({"scenario": "fanout", "variant": variant, "mode": mode});
+        records.push(merge(merge(record, memory.clone()), result));
+    }
+    setup.finish().await;
+    Ok(records)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Latency at one publish per second
+
+async fn latency(ctx: &Ctx, mode: &str) -> Result<Vec<Value>> {
+    let o = &ctx.opts;
+    eprintln!(
+        "latency: {mode}, {} clients, {} s",
+        o.latency_clients, o.latency_secs
+    );
+    let mut setup = Setup::new(ctx, mode, o.latency_clients, o.queue, |_| false).await?;
+    let shared = setup.shared.clone();
+    let seq0 = 1;
+    shared.reset_latency(seq0, 1);
+    let d0 = shared.delivered.load(Ordering::SeqCst);
+    let cpu0 = setup.server.sample();
+    let me0 = Sample::of(std::process::id());
+    let start = tokio::time::Instant::now();
+    let mut error = None;
+    for i in 0..o.latency_secs {
+        tokio::time::sleep_until(start + Duration::from_secs(i)).await;
+        if let Err(e) = setup.control.publish(1, o.bytes, seq0 + i).await {
+            error = Some(format!("publish: {e}"));
+            break;
+        }
+    }
+    let readers = o.latency_clients as u64;
+    if !shared
+        .wait_delivered(d0 + o.latency_secs * readers, ctx.stall())
+        .await
+    {
+        error.get_or_insert_with(|| "not every event reached every client".into());
+    }
+    let cpu1 = setup.server.sample();
+    let me1 = Sample::of(std::process::id());
+    let lat = shared.latency(o.latency_secs, readers);
+    eprintln!(
+        "  p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} events",
+        lat.p50_ms, lat.p99_ms, lat.max_ms, lat.events
+    );
+    let record = json!({
+        "scenario": "latency",
+        "mode": mode,
+        "bytes": o.bytes,
+        "publishes_per_s": 1,
+        "latency": lat.json(),
+        "server_cpu_pct": round3(cpu1.cpu_pct_since(&cpu0)),
+        "other_cpu_pct": round3(other_cpu_pct((&cpu0, &cpu1), (&me0, &me1))),
+        "error": error,
+    });
+    let record = merge(record, setup.memory_json());
+    setup.finish().await;
+    Ok(vec![record])
+}
+
+// ---------------------------------------------------------------------------------------------
+// Idle: heartbeats only
+
+async fn idle(ctx: &Ctx, mode: &str) -> Result<Vec<Value>> {
+    let o = &ctx.opts;
+    eprintln!(
+        "idle: {mode}, {} clients, heartbeat {} ms, window {} s",
+        o.idle_clients, o.heartbeat_ms, o.idle_secs
+    );
+    let mut setup = Setup::new(ctx, mode, o.idle_clients, o.queue, |_| false).await?;
+    let shared = setup.shared.clone();
+    let h0 = shared.heartbeats.load(Ordering::Relaxed);
+    let s0 = setup.server.sample();
+    let me0 = Sample::of(std::process::id());
+    tokio::time::sleep(Duration::from_secs_f64(o.idle_secs)).await;
+    let s1 = setup.server.sample();
+    let me1 = Sample::of(std::process::id());
+    let heartbeats = shared.heartbeats.load(Ordering::Relaxed) - h0;
+    let (open, tasks) = setup.control.stats().await?;
+    let window = s1.at.duration_since(s0.at).as_secs_f64();
+    let record = json!({
+        "scenario": "idle",
+        "mode": mode,
+        "heartbeat_ms": o.heartbeat_ms,
+        "window_s": round3(window),
+        "server_cpu_pct": round3(s1.cpu_pct_since(&s0)),
+        "server_cpu_ticks": s1.cpu_ticks - s0.cpu_ticks,
+        "loadgen_cpu_pct": round3(me1.cpu_pct_since(&me0)),
+        "other_cpu_pct": round3(other_cpu_pct((&s0, &s1), (&me0, &me1))),
+        "heartbeats_received": heartbeats,
+        "heartbeats_per_s": round3(heartbeats as f64 / window),
+        "closed_clients": shared.closed.load(Ordering::Relaxed),
+        "open_end": open,
+        "tasks_end": tasks,
+        "rss_end_kib": s1.rss_kib,
+    });
+    let record = merge(record, setup.memory_json());
+    eprintln!(
+        "  server CPU {} % of a core, {} heartbeats, {} B per connection",
+        record["server_cpu_pct"], heartbeats, record["rss_per_conn_bytes"]
+    );
+    setup.finish().await;
+    Ok(vec![record])
+}
+
+// ---------------------------------------------------------------------------------------------
+// Slow clients
+
+async fn slow(ctx: &Ctx, mode: &str) -> Result<Vec<Value>> {
+    let o = &ctx.opts;
+    let n = o.slow_clients;
+    let mut records = Vec::new();
+    for pct in [0.0, o.slow_pct] {
+        // Every k-th client is slow, spread over the connection order.
+        let every = if pct > 0.0 {
+            (100.0 / pct).round().max(1.0) as usize
+        } else {
+            usize::MAX
+        };
+        let is_slow = move |i: usize| every != usize::MAX && i % every == every / 2;
+        let slow_count = (0..n).filter(|&i| is_slow(i)).count();
+        eprintln!("slow: {mode}, {n} clients, {slow_count} never read");
+        let mut setup = Setup::new(ctx, mode, n, o.queue, is_slow).await?;
+        let readers = (n - slow_count) as u64;
+        let mut seq = 1;
+        // Sample RSS over time, from the start of the prefill to the end of the measurement.
+        let samples = Arc::new(Mutex::new(Vec::<(f64, u64)>::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let sampler = {
+            let (samples, stop, pid) = (samples.clone(), stop.clone(), setup.server.pid);
+            tokio::spawn(async move {
+                let t0 = Instant::now();
+                while !stop.load(Ordering::Relaxed) {
+                    let s = Sample::of(pid);
+                    if let Ok(mut v) = samples.lock() {
+                        v.push((t0.elapsed().as_secs_f64(), s.rss_kib));
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            })
+        };
+        // Prefill, the same with and without slow clients: a stalled client only holds the
+        // server up once the kernel's buffers for it are full (about 4 MiB of send buffer on
+        // loopback), so large events fill those first, then small ones fill the server's own
+        // per-connection queue. After this, slow clients are stuck (or were disconnected).
+        let prefill = Instant::now();
+        let mut prefill_errors = Vec::new();
+        for (bytes, per_publish, window, events) in [
+            (o.slow_prefill_bytes, 1, 4, o.slow_prefill_events),
+            (o.slow_bytes, 16, 64, 2 * o.queue as u64 + 64),
+        ] {
+            let spec = LoopSpec {
+                per_publish,
+                window,
+                bytes,
+                duration: Duration::from_secs(60),
+                max_events: events,
+                readers,
+            };
+            let r = closed_loop(&mut setup, &spec, &mut seq, ctx.stall()).await;
+            if let Some(e) = r["error"].as_str() {
+                prefill_errors.push(format!("prefill: {e}"));
+            }
+        }
+        let prefill_s = prefill.elapsed().as_secs_f64();
+        let (open_after_prefill, _) = setup.control.stats().await.unwrap_or((0, 0));
+        let spec = LoopSpec {
+            per_publish: 1,
+            window: o.single_window,
+            bytes: o.slow_bytes,
+            duration: Duration::from_secs_f64(o.slow_secs),
+            max_events: u64::MAX,
+            readers,
+        };
+        let mut result = closed_loop(&mut setup, &spec, &mut seq, ctx.stall()).await;
+        if result["error"].is_null() && !prefill_errors.is_empty() {
+            result["error"] = json!(prefill_errors.join("; "));
+        }
+        stop.store(true, Ordering::Relaxed);
+        let _ = sampler.await;
+        let (open, _) = setup.control.stats().await.unwrap_or((0, 0));
+        let rss_series: Vec<Value> = samples
+            .lock()
+            .map(|v| v.iter().map(|&(t, kib)| json!([round3(t), kib])).collect())
+            .unwrap_or_default();
+        eprintln!(
+            "  {pct} % slow: {} deliveries/s to readers, p99 {} ms, RSS max {} KiB, open at end {open}",
+            result["deliveries_per_s"], result["latency"]["p99_ms"], result["rss_max_kib"]
+        );
+        let record = json!({
+            "scenario": "slow",
+            "mode": mode,
+            "slow_pct": pct,
+            "slow_clients": slow_count,
+            "prefill_s": round3(prefill_s),
+            "prefill": format!(
+                "{} events of {} B, then {} of {} B",
+                o.slow_prefill_events,
+                o.slow_prefill_bytes,
+                2 * o.queue + 64,
+                o.slow_bytes
+            ),
+            "open_after_prefill": open_after_prefill,
+            "open_end": open,
+            "rss_series": rss_series,
+        });
+        records.push(merge(merge(record, setup.memory_json()), result));
+        setup.finish().await;
+    }
+    Ok(records)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Churn
+
+/// Connect, read one event, close, until `until`. Returns cycle times in microseconds.
+async fn churn_worker(addr: SocketAddr, until: Instant, errors: Arc<AtomicU64>) -> Vec<u32> {
+    let mut times = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    while Instant::now() < until {
+        let t = Instant::now();
+        let cycle = async {
+            let (mut stream, leftover) = open_stream(addr, "/events?hello=1").await?;
+            let mut reader = SseReader::default();
+            let mut got = false;
+            reader.feed(&leftover, &mut |line| {
+                got |= matches!(line, Line::Event { .. });
+            });
+            while !got {
+                let n = stream.read(&mut buf).await?;
+                if n == 0 {
+                    return Err::<(), Error>("closed before the first event".into());
+                }
+                reader.feed(&buf[..n], &mut |line| {
+                    got |= matches!(line, Line::Event { .. });
+                });
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(Duration::from_secs(10), cycle).await {
+            Ok(Ok(())) => times.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32),
+            _ => {
+                errors.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    times
+}
+
+async fn churn_run(addr: SocketAddr, secs: f64, concurrency: usize) -> (Vec<u32>, u64, f64) {
+    let errors = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let until = start + Duration::from_secs_f64(secs);
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| tokio::spawn(churn_worker(addr, until, errors.clone())))
+        .collect();
+    let mut times = Vec::new();
+    for w in workers {
+        if let Ok(t) = w.await {
+            times.extend(t);
+        }
+    }
+    (
+        times,
+        errors.load(Ordering::Relaxed),
+        start.elapsed().as_secs_f64(),
+    )
+}
+
+async fn churn(ctx: &Ctx, mode: &str) -> Result<Vec<Value>> {
+    let o = &ctx.opts;
+    eprintln!(
+        "churn: {mode}, {} s, {} in flight",
+        o.churn_secs, o.churn_concurrency
+    );
+    ctx.check_fds(o.churn_concurrency)?;
+    let server = Server::spawn(ctx, mode, o.heartbeat_ms, o.queue).await?;
+    let mut control = Control::new(server.addr);
+    let (open_idle, tasks_idle) = control.stats().await?;
+    let cold = server.sample();
+    // Warm-up: the allocator and the runtime reach their working size.
+    let _ = churn_run(server.addr, 1.0, o.churn_concurrency).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (open0, tasks0) = control.stats().await?;
+    let s0 = server.sample();
+    let me0 = Sample::of(std::process::id());
+    let (mut times, errors, elapsed) =
+        churn_run(server.addr, o.churn_secs, o.churn_concurrency).await;
+    let s_run = server.sample();
+    let me_run = Sample::of(std::process::id());
+    // Connections close asynchronously: give them a bounded time to go.
+    let settle_start = Instant::now();
+    let (mut open1, mut tasks1) = control.stats().await?;
+    while (open1 > open0 || tasks1 > tasks0) && settle_start.elapsed() < Duration::from_secs(15) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        (open1, tasks1) = control.stats().await?;
+    }
+    let settle_s = settle_start.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let s1 = server.sample();
+    // More rounds tell a leak (RSS keeps climbing) from the allocator keeping its high-water
+    // mark (RSS steps up once, then stays).
+    let mut rss_rounds = vec![s0.rss_kib, s1.rss_kib];
+    let mut open_rounds = vec![open0, open1];
+    for _ in 0..o.churn_extra_rounds {
+        let _ = churn_run(server.addr, o.churn_secs / 2.0, o.churn_concurrency).await;
+        let settle = Instant::now();
+        let mut open = control.stats().await?.0;
+        while open > open0 && settle.elapsed() < Duration::from_secs(15) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            open = control.stats().await?.0;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        rss_rounds.push(server.sample().rss_kib);
+        open_rounds.push(open);
+    }
+    times.sort_unstable();
+    let pct = |q: f64| -> Value {
+        if times.is_empty() {
+            return Value::Null;
+        }
+        let rank = ((q * times.len() as f64).ceil() as usize).clamp(1, times.len());
+        round3(f64::from(times[rank - 1]) / 1000.0)
+    };
+    let cycles = times.len() as u64;
+    let mut server = server;
+    let record = json!({
+        "scenario": "churn",
+        "mode": mode,
+        "concurrency": o.churn_concurrency,
+        "duration_s": round3(elapsed),
+        "cycles": cycles,
+        "cycles_per_s": (cycles as f64 / elapsed).round(),
+        "errors": errors,
+        "cycle_p50_ms": pct(0.5),
+        "cycle_p99_ms": pct(0.99),
+        "server_cpu_pct": round3(s_run.cpu_pct_since(&s0)),
+        "loadgen_cpu_pct": round3(me_run.cpu_pct_since(&me0)),
+        "other_cpu_pct": round3(other_cpu_pct((&s0, &s_run), (&me0, &me_run))),
+        "open_cold": open_idle,
+        "tasks_cold": tasks_idle,
+        "open_start": open0,
+        "open_end": open1,
+        "tasks_start": tasks0,
+        "tasks_end": tasks1,
+        "settle_s": round3(settle_s),
+        "fds_start": s0.fds,
+        "fds_end": s1.fds,
+        "rss_cold_kib": cold.rss_kib,
+        "rss_start_kib": s0.rss_kib,
+        "rss_after_run_kib": s_run.rss_kib,
+        "rss_end_kib": s1.rss_kib,
+        "rss_rounds_kib": rss_rounds,
+        "open_rounds": open_rounds,
+        "server_alive": server.alive(),
+    });
+    eprintln!(
+        "  {} cycles/s ({errors} errors); open {open0} -> {open1}, tasks {tasks0} -> {tasks1}, \
+         fds {} -> {}, RSS {} -> {} KiB",
+        record["cycles_per_s"], s0.fds, s1.fds, s0.rss_kib, s1.rss_kib
+    );
+    Ok(vec![record])
+}
+
+// ---------------------------------------------------------------------------------------------
+// Summary
+
+fn print_summary(records: &[Value]) {
+    let mut by_key: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
+    for r in records {
+        let key = match (r["scenario"].as_str(), r["variant"].as_str()) {
+            (Some(s), Some(v)) => format!("{s}/{v}"),
+            (Some("slow"), None) => format!("slow/{}%", r["slow_pct"]),
+            (Some(s), None) => s.to_owned(),
+            _ => continue,
+        };
+        by_key.entry(key).or_default().push(r);
+    }
+    eprintln!("\n== summary ==");
+    for (key, rows) in by_key {
+        eprintln!("{key}:");
+        for r in rows {
+            let mode = r["mode"].as_str().unwrap_or("?");
+            if let Some(e) = r["error"].as_str() {
+                eprintln!("  {mode:<16} ERROR {e}");
+            }
+            let line = match r["scenario"].as_str() {
+                Some("fanout") | Some("slow") => format!(
+                    "{} deliveries/s, {} events/read, p50 {} ms, p99 {} ms, server CPU {} %, {} B/conn",
+                    r["deliveries_per_s"],
+                    r["events_per_read"],
+                    r["latency"]["p50_ms"],
+                    r["latency"]["p99_ms"],
+                    r["server_cpu_pct"],
+                    r["rss_per_conn_bytes"]
+                ),
+                Some("latency") => format!(
+                    "p50 {} ms, p99 {} ms, max {} ms ({} events, {} incomplete)",
+                    r["latency"]["p50_ms"],
+                    r["latency"]["p99_ms"],
+                    r["latency"]["max_ms"],
+                    r["latency"]["events"],
+                    r["latency"]["incomplete_events"]
+                ),
+                Some("idle") => format!(
+                    "{} clients: server CPU {} % of a core, {} heartbeats/s, {} B/conn",
+                    r["clients"], r["server_cpu_pct"], r["heartbeats_per_s"], r["rss_per_conn_bytes"]
+                ),
+                Some("churn") => format!(
+                    "{} cycles/s, p99 {} ms, open {}->{}, tasks {}->{}, RSS {}->{} KiB",
+                    r["cycles_per_s"],
+                    r["cycle_p99_ms"],
+                    r["open_start"],
+                    r["open_end"],
+                    r["tasks_start"],
+                    r["tasks_end"],
+                    r["rss_start_kib"],
+                    r["rss_end_kib"]
+                ),
+                _ => String::new(),
+            };
+            eprintln!("  {mode:<16} {line}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(input: &[u8], split: usize) -> Vec<Line> {
+        let mut out = Vec::new();
+        let mut reader = SseReader::default();
+        for part in input.chunks(split) {
+            reader.feed(part, &mut |line| out.push(line));
+        }
+        out
+    }
+
+    #[test]
+    fn chunked_events_and_heartbeats_in_any_split() {
+        let body = b"1a\r\nid: 9\ndata: 42 1700 xxxx\n\n\r\n3\r\n:\n\n\r\n\
+            2d\r\ndata: 43 1800 yy\n\ndata: 44 1900 zzzzzzzzzzz\n\n\r\n0\r\n\r\n";
+        let expected = vec![
+            Line::Event { seq: 42, ts: 1700 },
+            Line::Comment,
+            Line::Event { seq: 43, ts: 1800 },
+            Line::Event { seq: 44, ts: 1900 },
+        ];
+        for split in 1..body.len() {
+            assert_eq!(lines(body, split), expected, "split every {split} bytes");
+        }
+    }
+
+    #[test]
+    fn long_lines_and_bad_numbers() {
+        let data = format!("data: 7 {}\n\ndata: x y\n\n", "1".repeat(200));
+        let body = format!("{:x}\r\n{data}\r\n", data.len());
+        assert_eq!(
+            lines(body.as_bytes(), 5),
+            vec![
+                Line::Event { seq: 7, ts: 0 },
+                Line::Event {
+                    seq: u64::MAX,
+                    ts: 0
+                }
+            ]
+        );
+    }
+}
