@@ -92,6 +92,34 @@ def pick(records, scenario, **kw):
     return by_mode
 
 
+def median(values):
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return None
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def slow_medians(records):
+    """{mode: {"fast"|"slow": {"dps", "p99", "runs", "rss_max"}}} over the repetitions."""
+    out = {}
+    for r in records:
+        if r.get("scenario") != "slow" or r.get("error"):
+            continue
+        key = "slow" if r.get("slow_pct", 0) > 0 else "fast"
+        out.setdefault(r["mode"], {}).setdefault(key, []).append(r)
+    for mode, d in out.items():
+        for key, rows in d.items():
+            d[key] = {
+                "dps": median(get(r, "deliveries_per_s") for r in rows),
+                "p99": median(get(r, "latency", "p99_ms") for r in rows),
+                "runs": [get(r, "deliveries_per_s") for r in rows],
+                "rss_max": max(get(r, "rss_max_kib") or 0 for r in rows),
+                "open_end": [get(r, "open_end") for r in rows],
+            }
+    return out
+
+
 def get(d, *path):
     for p in path:
         if not isinstance(d, dict) or p not in d:
@@ -107,6 +135,8 @@ def fmt(v):
         v = int(v)
     if isinstance(v, int) and abs(v) < 100000:
         return f"{v:,}"
+    if abs(v) >= 1000000:
+        return f"{v / 1e6:.2f}M".replace(".00M", "M")
     if abs(v) >= 100000:
         return f"{v / 1000:,.0f}k"
     if abs(v) >= 1000:
@@ -160,9 +190,10 @@ COLORS = ["#2b6cb0", "#dd6b20", "#38a169"]
 TARGET = "#c53030"
 
 
-def panel(svg, x, y, w, h, title, subtitle, modes, series, targets=(), unit=""):
+def panel(svg, x, y, w, h, title, subtitle, modes, series, targets=(), unit="", log_from=None):
     """Horizontal grouped bars: `series` is [(label, {mode: value})], `targets` is
-    [(label, value)] drawn as dashed vertical lines."""
+    [(label, value)] drawn as dashed vertical lines. With `log_from`, the axis is logarithmic
+    from that value, with a grid line at every power of ten."""
     svg.text(x, y + 14, title, size=13, weight="bold")
     svg.text(x, y + 30, subtitle, size=10, fill="#555")
     label_w = 190
@@ -172,8 +203,16 @@ def panel(svg, x, y, w, h, title, subtitle, modes, series, targets=(), unit=""):
     values = [v for _, d in series for v in d.values() if v is not None and not math.isnan(v)]
     values += [t for _, t in targets if t is not None]
     vmax = max(values) * 1.08 if values else 1
+    if log_from:
+        lo, hi = math.log10(log_from), math.log10(max(vmax, log_from * 10) * 1.3)
+
+        def scale(v):
+            return plot_w * max(0.0, (math.log10(max(v, log_from)) - lo) / (hi - lo))
+    else:
+        def scale(v):
+            return plot_w * v / vmax
     n = max(len(modes), 1)
-    group_h = (h - 80) / n
+    group_h = (h - (96 if log_from else 80)) / n
     bar_h = min(14, (group_h - 6) / max(len(series), 1))
     for i, mode in enumerate(modes):
         gy = top + i * group_h
@@ -185,15 +224,22 @@ def panel(svg, x, y, w, h, title, subtitle, modes, series, targets=(), unit=""):
             if v is None or (isinstance(v, float) and math.isnan(v)):
                 svg.text(plot_x + 4, by + bar_h - 3, "n/a", size=10, fill="#888")
                 continue
-            bw = plot_w * v / vmax
+            bw = scale(v)
             svg.rect(plot_x, by, bw, bar_h - 2, COLORS[j % len(COLORS)])
             svg.text(plot_x + bw + 4, by + bar_h - 4, fmt(v) + unit, size=10)
     bottom = top + n * group_h
     svg.line(plot_x, top - 4, plot_x, bottom, stroke="#444")
+    if log_from:
+        p = 10 ** math.ceil(math.log10(log_from))
+        while scale(p) <= plot_w:
+            gx = plot_x + scale(p)
+            svg.line(gx, top - 4, gx, bottom, stroke="#ddd")
+            svg.text(gx, bottom + 11, fmt(p), size=9, anchor="middle", fill="#777")
+            p *= 10
     for k, (label, t) in enumerate(targets):
         if t is None:
             continue
-        tx = plot_x + plot_w * t / vmax
+        tx = plot_x + scale(t)
         svg.line(tx, top - 12, tx, bottom, stroke=TARGET, dash="4,3", width=1.5)
         svg.text(tx + 3, top - 4, label, size=10, fill=TARGET)
     ly = y + h - 8
@@ -223,18 +269,18 @@ def draw(records, machine):
     modes = ordered(set(fan_s) | set(fan_p) | set(fan_c))
     n = next((r.get("clients") for r in list(fan_s.values()) + list(fan_c.values())), "?")
     x, y = cell(0)
-    panel(svg, x, y, PW, PH, f"Fan-out to {n} clients: deliveries/s",
+    panel(svg, x, y, PW, PH, f"Fan-out to {fmt(n)} clients: deliveries/s (log scale)",
           "closed loop: one event per write; one event per publish, 64 in flight; bursts of 64",
           modes,
           [("one per write", {m: get(r, "deliveries_per_s") for m, r in fan_s.items()}),
            ("pipelined", {m: get(r, "deliveries_per_s") for m, r in fan_p.items()}),
            ("coalesced", {m: get(r, "deliveries_per_s") for m, r in fan_c.items()})],
-          targets=[("150k", 150000), ("800k", 800000)])
+          targets=[("150k", 150000), ("800k", 800000)], log_from=10000)
 
     lat = pick(records, "latency")
     n = next((r.get("clients") for r in lat.values()), "?")
     x, y = cell(1)
-    panel(svg, x, y, PW, PH, f"Latency, 1 publish/s to {n} clients (ms)",
+    panel(svg, x, y, PW, PH, f"Latency, 1 publish/s to {fmt(n)} clients (ms)",
           "per event: publish timestamp to the last client's read",
           ordered(lat),
           [("p50", {m: get(r, "latency", "p50_ms") for m, r in lat.items()}),
@@ -253,22 +299,20 @@ def draw(records, machine):
     x, y = cell(3)
     idle_cpu = {m: r for m, r in idle.items() if r.get("window_s", 0) >= 30}
     n = next((r.get("clients") for r in idle_cpu.values()), "?")
-    panel(svg, x, y, PW, PH, f"Idle CPU, {n} connections, heartbeat 15 s",
+    panel(svg, x, y, PW, PH, f"Idle CPU, {fmt(n)} connections, heartbeat 15 s",
           "% of one core over a window of at least 30 s",
           ordered(idle_cpu),
           [("% of a core", {m: get(r, "server_cpu_pct") for m, r in idle_cpu.items()})],
           targets=[("5 %", 5)], unit=" %")
 
-    rows = [r for r in records if r.get("scenario") == "slow" and not r.get("error")]
-    s0 = {r["mode"]: r for r in rows if r.get("slow_pct") == 0}
-    s1 = {r["mode"]: r for r in rows if r.get("slow_pct", 0) > 0}
-    n = next((r.get("clients") for r in rows), "?")
+    med = slow_medians(records)
+    n = next((r.get("clients") for r in records if r.get("scenario") == "slow"), "?")
     x, y = cell(4)
-    panel(svg, x, y, PW, PH, f"Slow clients: the readers' deliveries/s ({n} clients)",
-          "one event per write; with 1 % of clients that never read",
-          ordered(set(s0) | set(s1)),
-          [("0 % slow", {m: get(r, "deliveries_per_s") for m, r in s0.items()}),
-           ("1 % slow", {m: get(r, "deliveries_per_s") for m, r in s1.items()})])
+    panel(svg, x, y, PW, PH, f"Slow clients: the readers' deliveries/s ({fmt(n)} clients)",
+          "one event per write; median of the runs with 0 % / 1 % of clients never reading",
+          ordered(med),
+          [("0 % slow", {m: d.get("fast", {}).get("dps") for m, d in med.items()}),
+           ("1 % slow", {m: d.get("slow", {}).get("dps") for m, d in med.items()})])
 
     churn = pick(records, "churn")
     x, y = cell(5)
@@ -327,11 +371,22 @@ def markdown(records, criterion):
            ("B/conn above bare hyper", lambda r: (get(r, "rss_per_conn_bytes") - floor) if floor is not None else None),
            ("CPU % of a core", lambda r: get(r, "server_cpu_pct")), ("window s", lambda r: get(r, "window_s")),
            ("heartbeats/s", lambda r: get(r, "heartbeats_per_s"))])
-    rows = [r for r in records if r.get("scenario") == "slow"]
-    table("slow", [(f"{r['mode']} ({r.get('slow_pct')} %)", r) for r in rows],
-          [("readers' deliveries/s", lambda r: get(r, "deliveries_per_s")),
-           ("p99 ms", lambda r: get(r, "latency", "p99_ms")), ("RSS max KiB", lambda r: get(r, "rss_max_kib")),
-           ("open at end", lambda r: get(r, "open_end"))])
+    med = slow_medians(records)
+
+    def change(a, b):
+        return f"{100 * (b - a) / a:+.1f} %" if a and b is not None else "n/a"
+
+    out.append("\n### slow (medians over repetitions, 0 % vs 1 % of clients never reading)\n")
+    out.append("| mode | deliveries/s 0 % | deliveries/s 1 % | change | p99 ms 0 % | p99 ms 1 % | change "
+               "| runs 0 % | runs 1 % | RSS max KiB | open at end (1 %) |")
+    out.append("|---" * 11 + "|")
+    for mode in ordered(med):
+        f, sl = med[mode].get("fast", {}), med[mode].get("slow", {})
+        out.append(
+            f"| {mode} | {fmt(f.get('dps'))} | {fmt(sl.get('dps'))} | {change(f.get('dps'), sl.get('dps'))} "
+            f"| {fmt(f.get('p99'))} | {fmt(sl.get('p99'))} | {change(f.get('p99'), sl.get('p99'))} "
+            f"| {', '.join(fmt(v) for v in f.get('runs', []))} | {', '.join(fmt(v) for v in sl.get('runs', []))} "
+            f"| {max(f.get('rss_max', 0), sl.get('rss_max', 0)):,} | {sl.get('open_end')} |")
     d = pick(records, "churn")
     table("churn", [(m, d[m]) for m in ordered(d)],
           [("cycles/s", lambda r: get(r, "cycles_per_s")), ("p99 ms", lambda r: get(r, "cycle_p99_ms")),
