@@ -81,8 +81,10 @@ impl Broadcast {
             self.end.store(ring.end(), Ordering::Release);
             ring.start
         };
-        let wakers = std::mem::take(&mut *lock(&self.parked));
-        for waker in wakers.into_values() {
+        // Drained, not taken: the map keeps its capacity, so the readers that park again
+        // after this publish do not regrow it under the lock.
+        let wakers: Vec<Waker> = lock(&self.parked).drain().map(|(_, w)| w).collect();
+        for waker in wakers {
             waker.wake();
         }
         start
