@@ -904,6 +904,79 @@ async fn cancelling_the_per_stream_token_ends_only_that_stream() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_token_taken_by_the_handler_wakes_a_waiting_body_when_cancelled() {
+    let (feed, body) = test_body();
+    let body = Mutex::new(Some(body));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let svc = SseLayer::new()
+        .disable_heartbeat()
+        .layer(service_fn(move |req: Request<()>| {
+            let ctx = req.extensions().get::<SseContext>().cloned().unwrap();
+            tx.send(ctx.cancellation_token()).unwrap();
+            let body = body.lock().unwrap().take().unwrap();
+            async move { Ok::<_, Infallible>(event_stream(body)) }
+        }));
+    let mut body = svc.oneshot(Request::new(())).await.unwrap().into_body();
+    let token = rx.recv().await.unwrap();
+    let reader = tokio::spawn(async move { body.frame().await.is_none() });
+    settle().await;
+    assert!(
+        !reader.is_finished(),
+        "nothing to write, no heartbeats, no timers"
+    );
+    token.cancel();
+    settle().await;
+    assert!(reader.is_finished(), "woken by the cancellation itself");
+    assert!(reader.await.unwrap(), "ended without a frame");
+    drop(feed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_first_taken_while_streaming_ends_the_stream_by_the_next_heartbeat() {
+    // The handler did not take the token; a task holding the context takes and cancels it
+    // while the body waits. The stream ends when the body is next polled (here the
+    // heartbeat timer), without writing the heartbeat.
+    let layer = SseLayer::new().heartbeat_interval(secs(10));
+    let (feed, mut body, ctx) = open(&layer).await;
+    feed.send("data: 1\n\n");
+    assert_eq!(next(&mut body).await, data(b"data: 1\n\n"));
+    let reader = tokio::spawn(async move {
+        let mut wire = Vec::new();
+        while let Some(frame) = body.frame().await {
+            wire.extend_from_slice(&frame.unwrap().into_data().unwrap());
+        }
+        wire
+    });
+    settle().await;
+    ctx.cancellation_token().cancel();
+    advance(secs(10)).await;
+    let wire = tokio::time::timeout(secs(1), reader)
+        .await
+        .expect("ended by the heartbeat's wake-up")
+        .unwrap();
+    assert!(
+        wire.is_empty(),
+        "no heartbeat after the cancellation: {wire:?}"
+    );
+    drop(feed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_taken_after_the_stream_is_gone_is_born_cancelled() {
+    let (_feed, body, ctx) = open(&SseLayer::new()).await;
+    drop(body);
+    assert!(ctx.cancellation_token().is_cancelled());
+
+    let (feed, mut body, ctx) = open(&SseLayer::new()).await;
+    drop(feed);
+    assert_eq!(next(&mut body).await, Next::End);
+    assert!(
+        ctx.cancellation_token().is_cancelled(),
+        "ended, body still held"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_stream_opened_after_shutdown_ends_at_once() {
     let shutdown = CancellationToken::new();
     let layer = SseLayer::new()

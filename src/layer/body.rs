@@ -9,7 +9,7 @@ use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::{CancellationToken, DropGuard, WaitForCancellationFutureOwned};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::boundary::BoundaryTracker;
 use super::context::StreamEnd;
@@ -91,19 +91,40 @@ pin_project! {
 }
 
 pin_project! {
+    /// A token an event stream watches, and the future that wakes the stream when it is
+    /// cancelled.
+    struct Watch {
+        #[pin]
+        cancelled: WaitForCancellationFutureOwned,
+        // Checked directly while frames flow; `cancelled` registers the waker only when the
+        // stream is about to wait.
+        token: CancellationToken,
+        // The stream's own token (else the layer's shutdown token).
+        own: bool,
+    }
+}
+
+impl Watch {
+    fn new(token: &CancellationToken, own: bool) -> Pin<Box<Self>> {
+        Box::pin(Watch {
+            cancelled: token.clone().cancelled_owned(),
+            token: token.clone(),
+            own,
+        })
+    }
+}
+
+pin_project! {
     /// Everything an event stream needs besides its inner body, in one allocation.
     pub(crate) struct StreamState {
         config: Arc<Config>,
         #[pin]
         timer: Timer,
-        #[pin]
-        cancelled: WaitForCancellationFutureOwned,
-        // Checked with one atomic load while frames flow; `cancelled` registers the waker
-        // only when the stream is about to wait.
-        token: CancellationToken,
-        // Cancels the stream's token when the body goes away, so whatever produces its
-        // events learns at once that nobody listens any more.
-        _guard: DropGuard,
+        // Only when there is a token to watch: the handler took the stream's own, or the
+        // layer has a shutdown token. Most streams without either carry nothing.
+        watch: Option<Pin<Box<Watch>>>,
+        // Closed when the state goes away, which cancels the stream's token if a handler
+        // took it, so whatever produces its events learns at once that nobody listens.
         context: SseContext,
         boundary: BoundaryTracker,
         phase: Phase,
@@ -115,11 +136,19 @@ pin_project! {
         last_data: Instant,
         end_at: Option<Instant>,
     }
+
+    impl PinnedDrop for StreamState {
+        fn drop(this: Pin<&mut Self>) {
+            this.context.close();
+        }
+    }
 }
 
 impl StreamState {
     fn new(config: Arc<Config>, context: SseContext) -> Self {
-        let token = context.cancellation_token();
+        let watch = context
+            .token_to_watch()
+            .map(|token| Watch::new(token, context.token_if_created().is_some()));
         let now = Instant::now();
         let end_at = config
             .max_lifetime
@@ -135,9 +164,7 @@ impl StreamState {
         StreamState {
             queued: config.initial.clone(),
             timer,
-            cancelled: token.clone().cancelled_owned(),
-            _guard: token.clone().drop_guard(),
-            token,
+            watch,
             context,
             boundary: BoundaryTracker::default(),
             phase: Phase::Open,
@@ -239,7 +266,7 @@ fn poll_stream<B: Body>(
         if let Some(bytes) = this.queued.take() {
             return Poll::Ready(Some(Ok(Frame::data(bytes))));
         }
-        if this.token.is_cancelled() {
+        if state.as_mut().is_cancelled() {
             state.as_mut().cancel();
             continue;
         }
@@ -263,9 +290,11 @@ fn poll_stream<B: Body>(
         }
         // About to wait: register every other wake-up source.
         let this = state.as_mut().project();
-        if this.cancelled.poll(cx).is_ready() {
-            state.as_mut().cancel();
-            continue;
+        if let Some(watch) = this.watch {
+            if watch.as_mut().project().cancelled.poll(cx).is_ready() {
+                state.as_mut().cancel();
+                continue;
+            }
         }
         let Some(deadline) = state.as_ref().get_ref().next_deadline() else {
             return Poll::Pending;
@@ -320,7 +349,19 @@ impl StreamState {
         }
         *this.phase = Phase::Done;
         *this.queued = None;
-        this.token.cancel();
+        this.context.close();
+    }
+
+    /// Whether the watched token is cancelled. Starts watching the stream's own token first
+    /// if a handler took it since the stream started (one atomic load when none did).
+    fn is_cancelled(self: Pin<&mut Self>) -> bool {
+        let this = self.project();
+        if !this.watch.as_ref().is_some_and(|w| w.own) {
+            if let Some(token) = this.context.token_if_created() {
+                *this.watch = Some(Watch::new(token, true));
+            }
+        }
+        this.watch.as_ref().is_some_and(|w| w.token.is_cancelled())
     }
 
     /// Cancelled: the farewell if one is set and we are between events, then the end.
@@ -354,7 +395,7 @@ impl StreamState {
         if this.boundary.at_boundary() && this.end_at.is_some_and(|end| end <= now) {
             this.context.set_end(StreamEnd::Lifetime);
             *this.phase = Phase::Done;
-            this.token.cancel();
+            this.context.close();
         }
     }
 }

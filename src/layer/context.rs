@@ -1,4 +1,4 @@
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use tokio_util::sync::CancellationToken;
@@ -52,6 +52,8 @@ struct Inner {
     last_event_id: Result<Option<LastEventId>, InvalidLastEventId>,
     /// Why the layer ended the stream, if it did (a [`StreamEnd`] as `u8`).
     end: AtomicU8,
+    /// The stream is over (or never started): a token made from now on is born cancelled.
+    closed: AtomicBool,
 }
 
 /// Why the layer ended a stream; read by the connection manager to name a close reason.
@@ -76,6 +78,7 @@ impl SseContext {
                 token: OnceLock::new(),
                 last_event_id,
                 end: AtomicU8::new(StreamEnd::NotByLayer as u8),
+                closed: AtomicBool::new(false),
             }),
         }
     }
@@ -86,14 +89,38 @@ impl SseContext {
     /// It is cancelled when the stream ends for any reason (completed, timed out, shut down,
     /// or the client went away), so a task producing events can stop at once. Cancelling it
     /// ends this stream only, after the farewell event if one is configured.
+    ///
+    /// The token is made on first call, and a stream whose handler never asks for one
+    /// carries none. Take it before returning the response: cancelling a token first taken
+    /// once the stream is running still ends the stream, but only when the body is next
+    /// polled (the next event or heartbeat). A token taken after the stream ended is
+    /// already cancelled.
     pub fn cancellation_token(&self) -> CancellationToken {
-        self.inner
+        let token = self
+            .inner
             .token
             .get_or_init(|| match &self.inner.root {
                 Some(root) => root.child_token(),
                 None => CancellationToken::new(),
             })
-            .clone()
+            .clone();
+        // Pairs with the fence in `close`: either it sees this token, or this sees `closed`.
+        fence(Ordering::SeqCst);
+        if self.inner.closed.load(Ordering::Relaxed) {
+            token.cancel();
+        }
+        token
+    }
+
+    /// The stream's token if a handler took it.
+    pub(crate) fn token_if_created(&self) -> Option<&CancellationToken> {
+        self.inner.token.get()
+    }
+
+    /// The token the stream must watch from the start: its own if the handler took it, else
+    /// the layer's shutdown token if there is one.
+    pub(crate) fn token_to_watch(&self) -> Option<&CancellationToken> {
+        self.inner.token.get().or(self.inner.root.as_ref())
     }
 
     /// The `Last-Event-ID` the client sent, validated.
@@ -109,9 +136,13 @@ impl SseContext {
         }
     }
 
-    /// Cancels the stream's token if a handler took it: for responses that turn out not to
-    /// be streams, and for requests abandoned before they were answered.
-    pub(crate) fn cancel_if_created(&self) {
+    /// The stream is over, or will never start (the response was not a stream, or the
+    /// request was abandoned): cancels the stream's token if a handler took it, and any
+    /// token taken later.
+    pub(crate) fn close(&self) {
+        self.inner.closed.store(true, Ordering::Relaxed);
+        // Pairs with the fence in `cancellation_token`.
+        fence(Ordering::SeqCst);
         if let Some(token) = self.inner.token.get() {
             token.cancel();
         }

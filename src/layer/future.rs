@@ -27,7 +27,7 @@ pin_project! {
     impl<F> PinnedDrop for ResponseFuture<F> {
         fn drop(this: Pin<&mut Self>) {
             if let Some(context) = this.project().context.take() {
-                context.cancel_if_created();
+                context.close();
             }
         }
     }
@@ -71,7 +71,7 @@ where
             Ok(response) => response,
             Err(e) => {
                 if let Some(context) = this.context.take() {
-                    context.cancel_if_created();
+                    context.close();
                 }
                 return Poll::Ready(Err(e));
             }
@@ -79,7 +79,7 @@ where
         if !is_event_stream(response.headers()) {
             // Not a stream after all: a token the handler took has nothing left to watch.
             if let Some(context) = this.context.take() {
-                context.cancel_if_created();
+                context.close();
             }
             return Poll::Ready(Ok(response.map(ResponseBody::pass_through)));
         }
