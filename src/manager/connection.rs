@@ -450,9 +450,10 @@ impl<M: Send + Sync + 'static> Body for ConnectionBody<M> {
             if let Some(data) = batch.finish() {
                 q.replay_allowance = q.replay_allowance.saturating_sub(own);
                 drop(q);
-                this.conn
-                    .last_write_ms
-                    .store(this.shared.now_ms(), Ordering::Relaxed);
+                this.conn.last_write_ms.store(
+                    this.shared.clock_ms.load(Ordering::Relaxed),
+                    Ordering::Relaxed,
+                );
                 return Poll::Ready(Some(Ok(Frame::data(data))));
             }
             match &mut q.state {

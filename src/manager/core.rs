@@ -106,6 +106,10 @@ pub(crate) struct Shared<M> {
     next_id: AtomicU64,
     shutting_down: AtomicBool,
     epoch: Instant,
+    /// Milliseconds since `epoch` at the latest connect or send. A body records this as the
+    /// time of its latest write, so writing costs no clock read; it is never later than the
+    /// write itself.
+    pub(crate) clock_ms: AtomicU64,
     counters: Counters,
 }
 
@@ -128,9 +132,18 @@ impl<M> Shared<M> {
     }
 
     pub(crate) fn now_ms(&self) -> u64 {
-        Instant::now()
-            .saturating_duration_since(self.epoch)
-            .as_millis() as u64
+        self.ms_at(Instant::now())
+    }
+
+    fn ms_at(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    /// Moves [`clock_ms`](Self::clock_ms) to `now` (never back); returns `now` in ms.
+    fn tick(&self, now: Instant) -> u64 {
+        let ms = self.ms_at(now);
+        self.clock_ms.fetch_max(ms, Ordering::Relaxed);
+        ms
     }
 
     /// Closes `conn` once: moves its queue to `state`, removes it from every index, counts
@@ -168,6 +181,7 @@ impl<M> Shared<M> {
         if self.shutting_down.load(Ordering::Acquire) {
             return Err(SendError::ShutDown);
         }
+        self.tick(Instant::now());
         match conn.offer(bytes, self.broadcast.end(), self.config.policy) {
             Offer::Queued => {
                 self.counters.events.fetch_add(1, Ordering::Relaxed);
@@ -238,7 +252,9 @@ impl<M> Shared<M> {
                 }
                 _ => event,
             };
-            history.push(event.clone(), None, Instant::now());
+            let now = Instant::now();
+            self.tick(now);
+            history.push(event.clone(), None, now);
             // Under the history lock, like `connect` reading the ring's end: a client that
             // registers gets every event either from the replay or from the ring, never both.
             let start = self.broadcast.push(event.as_bytes().clone());
@@ -280,6 +296,8 @@ impl<M> Shared<M> {
         let recorded = matches!(target, Target::All | Target::Topic(_));
         // Recorded events are published under the history lock: one order for everyone.
         let mut history = recorded.then(|| lock(&self.history));
+        let now = Instant::now();
+        self.tick(now);
         let event = match history.as_mut() {
             Some(h) if self.config.auto_ids && event.id().is_none() => {
                 let seq = h.next_seq();
@@ -292,7 +310,7 @@ impl<M> Shared<M> {
                 Target::Topic(t) => Some(Arc::from(t)),
                 _ => None,
             };
-            h.push(event.clone(), topic, Instant::now());
+            h.push(event.clone(), topic, now);
         }
         let bytes = event.as_bytes();
         let policy = self.config.policy;
@@ -424,7 +442,7 @@ impl<M: Send + Sync + 'static> ConnectionManager<M> {
             topics.into_boxed_slice(),
             meta,
             shared.config.queue_capacity,
-            shared.now_ms(),
+            shared.tick(Instant::now()),
             shared.broadcast.clone(),
         );
         let mut history = lock(&shared.history);
@@ -631,6 +649,11 @@ impl<M: Send + Sync + 'static> ConnectionManager<M> {
 
     /// Closes connections that have had nothing written for longer than `idle`
     /// ([`CloseReason::IdleTimeout`]). Returns how many were closed.
+    ///
+    /// A write is dated by the manager's latest connect or send at that moment (no clock
+    /// read per write), so it counts as no later than it happened: a connection that
+    /// writes an old backlog long after the last send may be seen as idle a little early.
+    /// Heartbeats from [`SseLayer`](crate::SseLayer) are not writes here.
     pub fn evict_idle(&self, idle: Duration) -> usize {
         let now = self.shared.now_ms();
         let idle_ms = idle.as_millis() as u64;
@@ -859,6 +882,7 @@ impl<M: Send + Sync + 'static> ManagerBuilder<M> {
                 next_id: AtomicU64::new(1),
                 shutting_down: AtomicBool::new(false),
                 epoch: Instant::now(),
+                clock_ms: AtomicU64::new(0),
                 counters: Counters::default(),
             }),
         }
