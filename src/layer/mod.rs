@@ -71,6 +71,16 @@
 //! `hyper_util::service::TowerToHyperService` (see `examples/hyper.rs`). Routes that return
 //! both streams and plain bodies can box them: `tower_sse::response(s).map(BodyExt::boxed)`.
 //!
+//! # Memory per stream
+//!
+//! The layer adds one allocation per event stream (its timer, boundary tracker and
+//! timestamps) and a small shared [`SseContext`]; a cancellation token and its waiter only
+//! when a shutdown token is set or the handler takes the stream's token. Most of an idle
+//! stream's memory is the server's: hyper's plain HTTP/1.1 builder holds about 11 KB per
+//! connection, `axum::serve` about 21 KB (a larger read buffer in hyper-util's HTTP/1-or-2
+//! builder and a router clone per connection). The README shows an axum router served on
+//! the plain builder; BENCHMARKS.md has the measurements.
+//!
 //! [`CancellationToken`]: tokio_util::sync::CancellationToken
 
 mod body;
