@@ -118,7 +118,8 @@ impl SseLayer {
     }
 
     /// Ends every stream when `token` is cancelled, after the [farewell](Self::farewell)
-    /// event if one is set. Each stream gets a child token (see
+    /// event if one is set. A stream's own token, made when a handler asks for it, is a
+    /// child of this one (see
     /// [`SseContext::cancellation_token`](super::SseContext::cancellation_token)).
     ///
     /// Give the same token to the server's graceful shutdown, and open streams no longer
