@@ -8,7 +8,7 @@
 #   BENCH_SKIP_LOAD=1        skip the load scenarios (reuse target/bench/load.jsonl)
 #   CRITERION_ARGS="..."     criterion options (default: --warm-up-time 0.5 --measurement-time 1 --noplot)
 #
-# Takes about 10 minutes on a 2-core machine. Figures are only meaningful on an otherwise
+# Takes about 15 minutes on a 2-core machine. Figures are only meaningful on an otherwise
 # idle machine: the script warns when the load average is high.
 set -euo pipefail
 cd "$(dirname "$0")/.."
