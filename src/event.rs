@@ -123,11 +123,18 @@ impl Event {
 
     /// The value of the event's `id` field, if it has one.
     pub fn id(&self) -> Option<&str> {
+        std::str::from_utf8(self.id_bytes()?).ok()
+    }
+
+    /// The id's bytes, without re-checking that they are UTF-8 (they were a `&str`).
+    pub(crate) fn id_bytes(&self) -> Option<&[u8]> {
         let (start, len) = self.id?;
-        let bytes = self
-            .bytes
-            .get(start as usize..start as usize + len as usize)?;
-        std::str::from_utf8(bytes).ok()
+        self.bytes
+            .get(start as usize..start as usize + len as usize)
+    }
+
+    pub(crate) fn has_id(&self) -> bool {
+        self.id.is_some()
     }
 
     /// Length of the encoded event in bytes.
@@ -463,8 +470,8 @@ fn check_line(value: &[u8], field: Field) -> Option<EventError> {
     find_line_break(value).map(|_| EventError::LineBreak { field })
 }
 
-/// Checks an id: single line, no NUL. Shared with `Last-Event-ID` validation.
-pub(crate) fn check_id(id: &str) -> Option<EventError> {
+/// Checks an id: single line, no NUL.
+fn check_id(id: &str) -> Option<EventError> {
     if let Some(e) = check_line(id.as_bytes(), Field::Id) {
         return Some(e);
     }
@@ -522,7 +529,7 @@ fn write_lines(buf: &mut BytesMut, prefix: &[u8], mut rest: &[u8]) {
 }
 
 /// Position of the first CR or LF, scanning eight bytes at a time.
-pub(crate) fn find_line_break(bytes: &[u8]) -> Option<usize> {
+fn find_line_break(bytes: &[u8]) -> Option<usize> {
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
     const LF: u64 = LO * b'\n' as u64;

@@ -186,7 +186,12 @@ where
     S: Stream,
     S::Item: IntoEvent,
 {
-    let mut response = http::Response::new(EventStreamBody::new(stream));
+    event_stream_response(EventStreamBody::new(stream))
+}
+
+/// A `200 OK` response with the event-stream headers around any body.
+pub(crate) fn event_stream_response<B>(body: B) -> http::Response<B> {
+    let mut response = http::Response::new(body);
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));

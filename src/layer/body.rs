@@ -74,11 +74,11 @@ impl<B> fmt::Debug for ResponseBody<B> {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 enum Phase {
     Open,
-    /// Write `queued`, then end.
-    Closing,
+    /// Write this farewell, then end.
+    Closing(Bytes),
     Done,
 }
 
@@ -97,20 +97,32 @@ pin_project! {
         #[pin]
         cancelled: WaitForCancellationFutureOwned,
         // Checked directly while frames flow; `cancelled` registers the waker only when the
-        // stream is about to wait.
+        // stream is about to wait. Never shared between streams: checking it takes its lock.
         token: CancellationToken,
-        // The stream's own token (else the layer's shutdown token).
+        // The stream's own token (else a child of the layer's shutdown token).
         own: bool,
     }
 }
 
 impl Watch {
-    fn new(token: &CancellationToken, own: bool) -> Pin<Box<Self>> {
+    fn new(token: CancellationToken, own: bool) -> Pin<Box<Self>> {
         Box::pin(Watch {
             cancelled: token.clone().cancelled_owned(),
-            token: token.clone(),
+            token,
             own,
         })
+    }
+
+    /// What a stream watches from the start: its own token if the handler took it, else a
+    /// child of the layer's shutdown token (the shutdown token itself is shared by every
+    /// stream, and checking it per frame would contend on its lock).
+    fn for_context(context: &SseContext) -> Option<Pin<Box<Self>>> {
+        match context.token_if_created() {
+            Some(own) => Some(Watch::new(own.clone(), true)),
+            None => context
+                .shutdown_token()
+                .map(|root| Watch::new(root.child_token(), false)),
+        }
     }
 }
 
@@ -146,25 +158,14 @@ pin_project! {
 
 impl StreamState {
     fn new(config: Arc<Config>, context: SseContext) -> Self {
-        let watch = context
-            .token_to_watch()
-            .map(|token| Watch::new(token, context.token_if_created().is_some()));
         let now = Instant::now();
         let end_at = config
             .max_lifetime
             .map(|lifetime| now + lifetime.saturating_sub(jitter(config.lifetime_jitter)));
-        let timer = if config.timed() {
-            // Armed for real on the first poll that needs it.
-            Timer::On {
-                sleep: tokio::time::sleep_until(now),
-            }
-        } else {
-            Timer::Off
-        };
-        StreamState {
+        let mut state = StreamState {
             queued: config.initial.clone(),
-            timer,
-            watch,
+            timer: Timer::Off,
+            watch: Watch::for_context(&context),
             context,
             boundary: BoundaryTracker::default(),
             phase: Phase::Open,
@@ -172,7 +173,15 @@ impl StreamState {
             last_data: now,
             end_at,
             config,
+        };
+        // Set to the first deadline; frames only move deadlines later, and the timer is
+        // re-armed when it fires early.
+        if let Some(deadline) = state.next_deadline() {
+            state.timer = Timer::On {
+                sleep: tokio::time::sleep_until(deadline),
+            };
         }
+        state
     }
 
     /// The earliest instant at which the timer has something to do.
@@ -234,7 +243,7 @@ where
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::PassThrough { inner } => inner.is_end_stream(),
-            Kind::Stream { state, .. } => state.phase == Phase::Done,
+            Kind::Stream { state, .. } => matches!(state.phase, Phase::Done),
         }
     }
 
@@ -254,12 +263,12 @@ fn poll_stream<B: Body>(
 ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
     loop {
         let this = state.as_mut().project();
-        match *this.phase {
+        match this.phase {
             Phase::Done => return Poll::Ready(None),
-            Phase::Closing => {
-                let farewell = this.queued.take();
+            Phase::Closing(farewell) => {
+                let farewell = std::mem::take(farewell);
                 state.as_mut().finish(None);
-                return Poll::Ready(farewell.map(|b| Ok(Frame::data(b))));
+                return Poll::Ready(Some(Ok(Frame::data(farewell))));
             }
             Phase::Open => {}
         }
@@ -358,7 +367,7 @@ impl StreamState {
         let this = self.project();
         if !this.watch.as_ref().is_some_and(|w| w.own) {
             if let Some(token) = this.context.token_if_created() {
-                *this.watch = Some(Watch::new(token, true));
+                *this.watch = Some(Watch::new(token.clone(), true));
             }
         }
         this.watch.as_ref().is_some_and(|w| w.token.is_cancelled())
@@ -370,21 +379,22 @@ impl StreamState {
         this.context.set_end(StreamEnd::Cancelled);
         match &this.config.farewell {
             Some(bytes) if this.boundary.at_boundary() => {
-                *this.queued = Some(bytes.clone());
-                *this.phase = Phase::Closing;
+                *this.queued = None;
+                *this.phase = Phase::Closing(bytes.clone());
             }
             _ => self.finish(None),
         }
     }
 
     /// Notes a frame from the inner body: where it leaves us, and when it came.
-    fn record(self: Pin<&mut Self>, data: &[u8]) {
-        let this = self.project();
+    fn record(mut self: Pin<&mut Self>, data: &[u8]) {
+        let this = self.as_mut().project();
         if data.is_empty() {
             return;
         }
         this.boundary.update(data);
-        if !this.config.timed() {
+        // No timer: no heartbeat, idle timeout or lifetime to count from this frame.
+        if matches!(*this.timer, Timer::Off) {
             return;
         }
         let now = Instant::now();
@@ -393,9 +403,7 @@ impl StreamState {
         // A busy body may never be pending, so the timer alone cannot end its lifetime:
         // check it here too, and end after this frame if it closes an event.
         if this.boundary.at_boundary() && this.end_at.is_some_and(|end| end <= now) {
-            this.context.set_end(StreamEnd::Lifetime);
-            *this.phase = Phase::Done;
-            this.context.close();
+            self.finish(Some(StreamEnd::Lifetime));
         }
     }
 }

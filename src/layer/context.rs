@@ -117,10 +117,9 @@ impl SseContext {
         self.inner.token.get()
     }
 
-    /// The token the stream must watch from the start: its own if the handler took it, else
-    /// the layer's shutdown token if there is one.
-    pub(crate) fn token_to_watch(&self) -> Option<&CancellationToken> {
-        self.inner.token.get().or(self.inner.root.as_ref())
+    /// The layer's shutdown token, if it has one.
+    pub(crate) fn shutdown_token(&self) -> Option<&CancellationToken> {
+        self.inner.root.as_ref()
     }
 
     /// The `Last-Event-ID` the client sent, validated.
@@ -139,8 +138,13 @@ impl SseContext {
     /// The stream is over, or will never start (the response was not a stream, or the
     /// request was abandoned): cancels the stream's token if a handler took it, and any
     /// token taken later.
+    /// Only the first call does anything.
     pub(crate) fn close(&self) {
-        self.inner.closed.store(true, Ordering::Relaxed);
+        if self.inner.closed.swap(true, Ordering::Relaxed) {
+            // Already closed: the token that existed then was cancelled, and one made
+            // since saw `closed` and was born cancelled.
+            return;
+        }
         // Pairs with the fence in `cancellation_token`.
         fence(Ordering::SeqCst);
         if let Some(token) = self.inner.token.get() {

@@ -26,9 +26,7 @@ pin_project! {
 
     impl<F> PinnedDrop for ResponseFuture<F> {
         fn drop(this: Pin<&mut Self>) {
-            if let Some(context) = this.project().context.take() {
-                context.close();
-            }
+            close(this.project().context);
         }
     }
 }
@@ -70,17 +68,13 @@ where
         let response = match ready!(this.inner.poll(cx)) {
             Ok(response) => response,
             Err(e) => {
-                if let Some(context) = this.context.take() {
-                    context.close();
-                }
+                close(this.context);
                 return Poll::Ready(Err(e));
             }
         };
         if !is_event_stream(response.headers()) {
             // Not a stream after all: a token the handler took has nothing left to watch.
-            if let Some(context) = this.context.take() {
-                context.close();
-            }
+            close(this.context);
             return Poll::Ready(Ok(response.map(ResponseBody::pass_through)));
         }
         let (mut parts, body) = response.into_parts();
@@ -92,6 +86,13 @@ where
         };
         let body = ResponseBody::stream(body, this.config.clone(), context);
         Poll::Ready(Ok(Response::from_parts(parts, body)))
+    }
+}
+
+/// No stream will come of this request: closes its context (if not handed on already).
+fn close(context: &mut Option<SseContext>) {
+    if let Some(context) = context.take() {
+        context.close();
     }
 }
 

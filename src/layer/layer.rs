@@ -28,15 +28,6 @@ pub(crate) struct Config {
     pub(crate) max_last_event_id_len: usize,
 }
 
-impl Config {
-    /// Whether a stream needs a timer at all.
-    pub(crate) fn timed(&self) -> bool {
-        self.heartbeat_interval.is_some()
-            || self.idle_timeout.is_some()
-            || self.max_lifetime.is_some()
-    }
-}
-
 impl Default for Config {
     fn default() -> Self {
         Config {
