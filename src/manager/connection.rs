@@ -6,8 +6,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CACHE_CONTROL, CONTENT_TYPE};
-use http::HeaderValue;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
 
@@ -43,8 +41,7 @@ pub(crate) struct Queue {
     /// stamped with the broadcast ring's end when it was sent: ring events numbered below
     /// the stamp go out before it, so the connection sees one order.
     pub(crate) events: VecDeque<(u64, Bytes)>,
-    pub(crate) capacity: usize,
-    /// Replayed events still queued: they do not count against `capacity`.
+    /// Replayed events still queued: they do not count against the queue's capacity.
     pub(crate) replay_allowance: usize,
     waker: Option<Waker>,
     pub(crate) state: State,
@@ -118,10 +115,8 @@ impl<M> Connection<M> {
     /// Events dropped for this connection under [`SlowConsumerPolicy::DropOldest`],
     /// including published events it has fallen too far behind to send.
     pub fn lagged(&self) -> u64 {
-        let ring = self.broadcast.read();
-        let deficit = ring
-            .start()
-            .saturating_sub(self.cursor.load(Ordering::Relaxed));
+        let start = self.broadcast.start_at(self.broadcast.end());
+        let deficit = start.saturating_sub(self.cursor.load(Ordering::Relaxed));
         self.lagged.load(Ordering::Relaxed) + deficit
     }
 
@@ -139,9 +134,12 @@ impl<M> Connection<M> {
             State::Draining(_) => q.drain_until,
             State::Ended => return 0,
         };
-        let ring = self.broadcast.read();
-        let from = self.cursor.load(Ordering::Relaxed).max(ring.start());
-        ring.end().min(limit).saturating_sub(from)
+        let end = self.broadcast.end();
+        let from = self
+            .cursor
+            .load(Ordering::Relaxed)
+            .max(self.broadcast.start_at(end));
+        end.min(limit).saturating_sub(from)
     }
 
     pub(crate) fn new(
@@ -149,25 +147,26 @@ impl<M> Connection<M> {
         key: Option<Arc<str>>,
         topics: Box<[Arc<str>]>,
         meta: M,
-        capacity: usize,
+        connected_at: Instant,
         now_ms: u64,
         broadcast: Arc<Broadcast>,
     ) -> Self {
-        let cursor = AtomicU64::new(broadcast.end());
+        // Made under the manager's history lock: live published events start here, earlier
+        // ones come from the replay.
+        let cursor = broadcast.end();
         Connection {
             id,
             key,
             topics,
             meta,
-            connected_at: Instant::now(),
+            connected_at,
             replay: Replay::Fresh,
             last_write_ms: AtomicU64::new(now_ms),
             lagged: AtomicU64::new(0),
-            cursor,
+            cursor: AtomicU64::new(cursor),
             broadcast,
             queue: Mutex::new(Queue {
                 events: VecDeque::new(),
-                capacity,
                 replay_allowance: 0,
                 waker: None,
                 state: State::Open,
@@ -177,31 +176,36 @@ impl<M> Connection<M> {
         }
     }
 
-    /// Offers `bytes` to the queue, never waiting. `stamp` is the broadcast ring's end now.
-    pub(crate) fn offer(&self, bytes: &Bytes, stamp: u64, policy: SlowConsumerPolicy) -> Offer {
+    /// Offers `bytes` to the queue, never waiting. `stamp` is the broadcast ring's end now;
+    /// `capacity` and `policy` are the manager's.
+    pub(crate) fn offer(
+        &self,
+        bytes: &Bytes,
+        stamp: u64,
+        capacity: usize,
+        policy: SlowConsumerPolicy,
+    ) -> Offer {
         let mut q = lock(&self.queue);
         if q.state != State::Open {
             return Offer::Closed(q.reason);
         }
         let mut offer = Offer::Queued;
-        let bound = q.capacity + q.replay_allowance;
-        // The bound covers the whole backlog: this queue and the published events not yet
-        // sent. Dropping makes room in this queue only; the ring drops its own oldest.
-        let full = match policy {
-            SlowConsumerPolicy::Disconnect => {
-                q.events.len() + self.ring_backlog(&q) as usize >= bound
+        let bound = capacity + q.replay_allowance;
+        match policy {
+            // The bound covers the whole backlog: this queue and the published events not
+            // yet sent.
+            SlowConsumerPolicy::Disconnect
+                if q.events.len() + self.ring_backlog(&q) as usize >= bound =>
+            {
+                return Offer::Full;
             }
-            SlowConsumerPolicy::DropOldest => q.events.len() >= bound,
-        };
-        if full {
-            match policy {
-                SlowConsumerPolicy::Disconnect => return Offer::Full,
-                SlowConsumerPolicy::DropOldest => {
-                    q.events.pop_front();
-                    self.lagged.fetch_add(1, Ordering::Relaxed);
-                    offer = Offer::Lagged;
-                }
+            // Dropping makes room in this queue only; the ring drops its own oldest.
+            SlowConsumerPolicy::DropOldest if q.events.len() >= bound => {
+                q.events.pop_front();
+                self.lagged.fetch_add(1, Ordering::Relaxed);
+                offer = Offer::Lagged;
             }
+            _ => {}
         }
         q.events.push_back((stamp, bytes.clone()));
         let waker = q.waker.take();
@@ -368,11 +372,7 @@ impl<M: Send + Sync + 'static> ConnectionBody<M> {
 
     /// A `200 OK` response with the event-stream headers and this body.
     pub fn into_response(self) -> http::Response<Self> {
-        let mut response = http::Response::new(self);
-        let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        response
+        crate::stream::event_stream_response(self)
     }
 
     /// The connection's id.
@@ -417,9 +417,10 @@ impl<M: Send + Sync + 'static> Body for ConnectionBody<M> {
             let mut own = 0;
             {
                 let ring = this.conn.broadcast.read();
-                if cursor < ring.start().min(limit) {
+                let start = ring.start().min(limit);
+                if cursor < start {
                     // Published events this connection never sent are gone from the ring.
-                    let missed = ring.start().min(limit) - cursor;
+                    let missed = start - cursor;
                     drop(ring);
                     drop(q);
                     if this.shared.lagged(&this.conn, missed) {
@@ -456,35 +457,28 @@ impl<M: Send + Sync + 'static> Body for ConnectionBody<M> {
                 );
                 return Poll::Ready(Some(Ok(Frame::data(data))));
             }
-            match &mut q.state {
-                State::Open => {
-                    if !q.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                        q.waker = Some(cx.waker().clone());
+            // Still under the lock that saw it `Open` or `Draining` above.
+            if let State::Draining(last) = &mut q.state {
+                let last = last.take();
+                q.state = State::Ended;
+                drop(q);
+                return match last {
+                    Some(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                    None => {
+                        this.done = true;
+                        Poll::Ready(None)
                     }
-                    drop(q);
-                    // Parked on the ring too; read again if a publish slipped in meanwhile.
-                    if this.conn.broadcast.park(this.conn.id.0, cursor, cx.waker()) {
-                        continue;
-                    }
-                    return Poll::Pending;
-                }
-                State::Draining(last) => {
-                    let last = last.take();
-                    q.state = State::Ended;
-                    drop(q);
-                    return match last {
-                        Some(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
-                        None => {
-                            this.done = true;
-                            Poll::Ready(None)
-                        }
-                    };
-                }
-                State::Ended => {
-                    this.done = true;
-                    return Poll::Ready(None);
-                }
+                };
             }
+            if !q.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                q.waker = Some(cx.waker().clone());
+            }
+            drop(q);
+            // Parked on the ring too; read again if a publish slipped in meanwhile.
+            if this.conn.broadcast.park(this.conn.id.0, cursor, cx.waker()) {
+                continue;
+            }
+            return Poll::Pending;
         }
     }
 
@@ -507,10 +501,8 @@ impl<M: Send + Sync + 'static> Drop for ConnectionBody<M> {
             Some(StreamEnd::Cancelled) => CloseReason::Shutdown,
             _ => CloseReason::ClientGone,
         };
-        if !self.shared.close(&self.conn, State::Ended, reason) {
-            // It was completing when the client left: free what it still held.
-            self.shared.discard(&self.conn);
-        }
+        // If it was completing when the client left, this frees what it still held.
+        self.shared.close_or_discard(&self.conn, reason);
     }
 }
 

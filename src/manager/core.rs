@@ -79,7 +79,15 @@ struct Counters {
     deliveries: AtomicU64,
     dropped: AtomicU64,
     lagged: AtomicU64,
-    closed: [AtomicU64; 8],
+    closed: [AtomicU64; CloseReason::ALL.len()],
+}
+
+impl Counters {
+    /// `n` events a connection will never send because it lagged: counted as both.
+    fn lag(&self, n: u64) {
+        self.lagged.fetch_add(n, Ordering::Relaxed);
+        self.dropped.fetch_add(n, Ordering::Relaxed);
+    }
 }
 
 struct Config<M> {
@@ -162,9 +170,51 @@ impl<M> Shared<M> {
         true
     }
 
+    /// Ends `conn` at once for `reason`; if it had closed already (it was completing),
+    /// frees its queue instead.
+    pub(crate) fn close_or_discard(&self, conn: &Connection<M>, reason: CloseReason) {
+        if !self.close(conn, State::Ended, reason) {
+            self.discard(conn);
+        }
+    }
+
+    /// Closes the connections `pick` chooses under the read lock, once it is released
+    /// (closing takes the write lock). Returns how many this call closed.
+    fn close_picked(
+        &self,
+        pick: impl FnOnce(&Registry<M>) -> Vec<Arc<Connection<M>>>,
+        state: State,
+        reason: CloseReason,
+    ) -> usize {
+        let conns = pick(&self.read());
+        conns
+            .iter()
+            .filter(|c| self.close(c, state.clone(), reason))
+            .count()
+    }
+
+    /// Assigns the next id if `event` has none and automatic ids are on, and records it for
+    /// replay. Under the history lock, so ids and the replay keep the publish order.
+    fn record(
+        &self,
+        history: &mut History,
+        event: Event,
+        topic: Option<Arc<str>>,
+        now: Instant,
+    ) -> Event {
+        let event = if self.config.auto_ids && !event.has_id() {
+            let seq = history.next_seq();
+            event.with_validated_id(crate::event::decimal(seq.into(), &mut [0; 40]))
+        } else {
+            event
+        };
+        history.push(event.clone(), topic, now);
+        event
+    }
+
     /// Frees the queue of a connection that closed earlier (it was completing) and whose
     /// body is now gone, counting what was never delivered.
-    pub(crate) fn discard(&self, conn: &Connection<M>) {
+    fn discard(&self, conn: &Connection<M>) {
         let discarded = conn.discard();
         if discarded > 0 {
             self.counters
@@ -182,17 +232,14 @@ impl<M> Shared<M> {
             return Err(SendError::ShutDown);
         }
         self.tick(Instant::now());
-        match conn.offer(bytes, self.broadcast.end(), self.config.policy) {
-            Offer::Queued => {
+        let (capacity, policy) = (self.config.queue_capacity, self.config.policy);
+        match conn.offer(bytes, self.broadcast.end(), capacity, policy) {
+            offer @ (Offer::Queued | Offer::Lagged) => {
                 self.counters.events.fetch_add(1, Ordering::Relaxed);
                 self.counters.deliveries.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
-            Offer::Lagged => {
-                self.counters.events.fetch_add(1, Ordering::Relaxed);
-                self.counters.deliveries.fetch_add(1, Ordering::Relaxed);
-                self.counters.lagged.fetch_add(1, Ordering::Relaxed);
-                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                if let Offer::Lagged = offer {
+                    self.counters.lag(1);
+                }
                 Ok(())
             }
             Offer::Full => {
@@ -210,15 +257,12 @@ impl<M> Shared<M> {
         match self.config.policy {
             SlowConsumerPolicy::DropOldest => {
                 conn.lagged.fetch_add(missed, Ordering::Relaxed);
-                self.counters.lagged.fetch_add(missed, Ordering::Relaxed);
-                self.counters.dropped.fetch_add(missed, Ordering::Relaxed);
+                self.counters.lag(missed);
                 true
             }
             SlowConsumerPolicy::Disconnect => {
-                if !self.close(conn, State::Ended, CloseReason::SlowConsumer) {
-                    // Already completing: it cannot deliver what it promised; end it.
-                    self.discard(conn);
-                }
+                // Already completing, it cannot deliver what it promised: end it anyway.
+                self.close_or_discard(conn, CloseReason::SlowConsumer);
                 false
             }
         }
@@ -228,38 +272,31 @@ impl<M> Shared<M> {
     /// so it costs a fraction of a connection per publish and also catches clients that
     /// stopped reading altogether (their body is never polled to notice).
     fn sweep_lagging(&self, start: u64) -> usize {
-        let behind: Vec<_> = self
-            .read()
-            .conns
-            .values()
-            .filter(|c| c.cursor.load(Ordering::Relaxed) < start)
-            .cloned()
-            .collect();
-        behind
-            .iter()
-            .filter(|c| self.close(c, State::Ended, CloseReason::SlowConsumer))
-            .count()
+        self.close_picked(
+            |r| {
+                let behind = |c: &&Arc<Connection<M>>| c.cursor.load(Ordering::Relaxed) < start;
+                r.conns.values().filter(behind).cloned().collect()
+            },
+            State::Ended,
+            CloseReason::SlowConsumer,
+        )
     }
 
     /// Publishes to everyone through the ring: one push, whatever the number of connections.
     fn publish_all(&self, event: Event) -> Delivery {
         let (event, start) = {
             let mut history = lock(&self.history);
-            let event = match event.id() {
-                None if self.config.auto_ids => {
-                    let seq = history.next_seq();
-                    event.with_validated_id(crate::event::decimal(seq.into(), &mut [0; 40]))
-                }
-                _ => event,
-            };
             let now = Instant::now();
             self.tick(now);
-            history.push(event.clone(), None, now);
+            let event = self.record(&mut history, event, None, now);
             // Under the history lock, like `connect` reading the ring's end: a client that
             // registers gets every event either from the replay or from the ring, never both.
             let start = self.broadcast.push(event.as_bytes().clone());
             (event, start)
         };
+        // Outside the history lock: connecting and topic publishing need not wait for every
+        // parked reader to be woken.
+        self.broadcast.wake_parked();
         let capacity = self.config.queue_capacity as u64;
         let disconnected = match self.config.policy {
             // On the first overflow, then once per wrap: a client that stopped reading is
@@ -293,60 +330,60 @@ impl<M> Shared<M> {
         if let Target::All = target {
             return Ok(self.publish_all(event));
         }
-        let recorded = matches!(target, Target::All | Target::Topic(_));
-        // Recorded events are published under the history lock: one order for everyone.
-        let mut history = recorded.then(|| lock(&self.history));
         let now = Instant::now();
         self.tick(now);
-        let event = match history.as_mut() {
-            Some(h) if self.config.auto_ids && event.id().is_none() => {
-                let seq = h.next_seq();
-                event.with_validated_id(crate::event::decimal(seq.into(), &mut [0; 40]))
+        // Topic events are recorded for replay and published under the history lock: one
+        // order for everyone. Lock order: history, then registry.
+        let mut history = matches!(target, Target::Topic(_)).then(|| lock(&self.history));
+        let registry = self.read();
+        let subscribers = match target {
+            Target::Topic(t) => registry.by_topic.get_key_value(t),
+            _ => None,
+        };
+        let event = match (history.as_mut(), &target) {
+            (Some(h), Target::Topic(t)) => {
+                // The index's own name when someone subscribes: no copy per publish.
+                let topic = subscribers.map_or_else(|| Arc::from(*t), |(name, _)| name.clone());
+                self.record(h, event, Some(topic), now)
             }
             _ => event,
         };
-        if let Some(h) = history.as_mut() {
-            let topic = match target {
-                Target::Topic(t) => Some(Arc::from(t)),
-                _ => None,
-            };
-            h.push(event.clone(), topic, now);
-        }
         let bytes = event.as_bytes();
-        let policy = self.config.policy;
+        let (capacity, policy) = (self.config.queue_capacity, self.config.policy);
         let stamp = self.broadcast.end();
         let (mut delivered, mut lagged) = (0usize, 0u64);
         let mut full: Vec<Arc<Connection<M>>> = Vec::new();
+        let mut offer = |conn: &Arc<Connection<M>>| match conn.offer(bytes, stamp, capacity, policy)
         {
-            let registry = self.read();
-            let mut offer = |conn: &Arc<Connection<M>>| match conn.offer(bytes, stamp, policy) {
-                Offer::Queued => delivered += 1,
-                Offer::Lagged => {
-                    delivered += 1;
-                    lagged += 1;
-                }
-                Offer::Full => full.push(conn.clone()),
-                Offer::Closed(_) => {}
-            };
-            match target {
-                Target::All => registry.conns.values().for_each(&mut offer),
-                Target::Topic(topic) => {
-                    if let Some(set) = registry.by_topic.get(topic) {
-                        set.values().for_each(&mut offer);
-                    }
-                }
-                Target::Key(key) => {
-                    if let Some(list) = registry.by_key.get(key) {
-                        list.iter().for_each(&mut offer);
-                    }
-                }
-                Target::Filter(filter) => registry
-                    .conns
-                    .values()
-                    .filter(|c| filter(c))
-                    .for_each(&mut offer),
+            Offer::Queued => delivered += 1,
+            Offer::Lagged => {
+                delivered += 1;
+                lagged += 1;
             }
+            Offer::Full => full.push(conn.clone()),
+            Offer::Closed(_) => {}
+        };
+        match target {
+            // Published through the ring above.
+            Target::All => {}
+            Target::Topic(_) => {
+                if let Some((_, set)) = subscribers {
+                    set.values().for_each(&mut offer);
+                }
+            }
+            Target::Key(key) => {
+                if let Some(list) = registry.by_key.get(key) {
+                    list.iter().for_each(&mut offer);
+                }
+            }
+            Target::Filter(filter) => registry
+                .conns
+                .values()
+                .filter(|c| filter(c))
+                .for_each(&mut offer),
         }
+        // Closing takes the write lock.
+        drop(registry);
         drop(history);
         for conn in &full {
             self.close(conn, State::Ended, CloseReason::SlowConsumer);
@@ -355,8 +392,7 @@ impl<M> Shared<M> {
         c.events.fetch_add(1, Ordering::Relaxed);
         c.deliveries.fetch_add(delivered as u64, Ordering::Relaxed);
         if lagged > 0 {
-            c.lagged.fetch_add(lagged, Ordering::Relaxed);
-            c.dropped.fetch_add(lagged, Ordering::Relaxed);
+            c.lag(lagged);
         }
         Ok(Delivery {
             id: event.id().map(Arc::from),
@@ -436,18 +472,19 @@ impl<M: Send + Sync + 'static> ConnectionManager<M> {
             context,
         } = options;
         let id = ConnectionId(shared.next_id.fetch_add(1, Ordering::Relaxed));
+        let now = Instant::now();
+        let now_ms = shared.tick(now);
+        let mut history = lock(&shared.history);
+        // Under the history lock: the connection reads live events from the ring's end now.
         let mut conn = Connection::new(
             id,
             key,
             topics.into_boxed_slice(),
             meta,
-            shared.config.queue_capacity,
-            shared.tick(Instant::now()),
+            now,
+            now_ms,
             shared.broadcast.clone(),
         );
-        let mut history = lock(&shared.history);
-        // Live published events start here; earlier ones come from the replay.
-        *conn.cursor.get_mut() = shared.broadcast.end();
         if let (Some(last), true) = (&last_event_id, history.enabled()) {
             let wants = |topic: Option<&str>| topic.map_or(true, |t| conn.has_topic(t));
             let (replay, events) = match history.since(last.as_str(), wants, Instant::now()) {
@@ -597,9 +634,8 @@ impl<M: Send + Sync + 'static> ConnectionManager<M> {
     /// Completes every connection of `key`: queued events, then `last` if given, then the
     /// end. Returns how many were completed.
     pub fn complete_key(&self, key: &str, last: Option<Event>) -> usize {
-        let conns = self.collect(|registry| registry.by_key.get(key).cloned().unwrap_or_default());
-        self.close_all(
-            &conns,
+        self.shared.close_picked(
+            |r| r.by_key.get(key).cloned().unwrap_or_default(),
             State::Draining(last.map(Event::into_bytes)),
             CloseReason::Completed,
         )
@@ -607,8 +643,11 @@ impl<M: Send + Sync + 'static> ConnectionManager<M> {
 
     /// Evicts every connection of `key` at once. Returns how many were evicted.
     pub fn evict_key(&self, key: &str) -> usize {
-        let conns = self.collect(|registry| registry.by_key.get(key).cloned().unwrap_or_default());
-        self.close_all(&conns, State::Ended, CloseReason::Evicted)
+        self.shared.close_picked(
+            |r| r.by_key.get(key).cloned().unwrap_or_default(),
+            State::Ended,
+            CloseReason::Evicted,
+        )
     }
 
     /// Completes every connection `filter` accepts: queued events, then `last` if given,
@@ -618,9 +657,8 @@ impl<M: Send + Sync + 'static> ConnectionManager<M> {
         filter: impl Fn(&Connection<M>) -> bool,
         last: Option<Event>,
     ) -> usize {
-        let conns = self.collect(|r| r.conns.values().filter(|c| filter(c)).cloned().collect());
-        self.close_all(
-            &conns,
+        self.shared.close_picked(
+            |r| r.conns.values().filter(|c| filter(c)).cloned().collect(),
             State::Draining(last.map(Event::into_bytes)),
             CloseReason::Completed,
         )
@@ -628,23 +666,11 @@ impl<M: Send + Sync + 'static> ConnectionManager<M> {
 
     /// Evicts every connection `filter` accepts at once. Returns how many were evicted.
     pub fn evict_filter(&self, filter: impl Fn(&Connection<M>) -> bool) -> usize {
-        let conns = self.collect(|r| r.conns.values().filter(|c| filter(c)).cloned().collect());
-        self.close_all(&conns, State::Ended, CloseReason::Evicted)
-    }
-
-    /// Connections picked under the read lock, to act on after it is released.
-    fn collect(
-        &self,
-        pick: impl FnOnce(&Registry<M>) -> Vec<Arc<Connection<M>>>,
-    ) -> Vec<Arc<Connection<M>>> {
-        pick(&self.shared.read())
-    }
-
-    fn close_all(&self, conns: &[Arc<Connection<M>>], state: State, reason: CloseReason) -> usize {
-        conns
-            .iter()
-            .filter(|c| self.shared.close(c, state.clone(), reason))
-            .count()
+        self.shared.close_picked(
+            |r| r.conns.values().filter(|c| filter(c)).cloned().collect(),
+            State::Ended,
+            CloseReason::Evicted,
+        )
     }
 
     /// Closes connections that have had nothing written for longer than `idle`
@@ -657,18 +683,14 @@ impl<M: Send + Sync + 'static> ConnectionManager<M> {
     pub fn evict_idle(&self, idle: Duration) -> usize {
         let now = self.shared.now_ms();
         let idle_ms = idle.as_millis() as u64;
-        let stale: Vec<_> = self
-            .shared
-            .read()
-            .conns
-            .values()
-            .filter(|c| now.saturating_sub(c.last_write_ms.load(Ordering::Relaxed)) > idle_ms)
-            .cloned()
-            .collect();
-        stale
-            .iter()
-            .filter(|c| self.shared.close(c, State::Ended, CloseReason::IdleTimeout))
-            .count()
+        let stale = |c: &&Arc<Connection<M>>| {
+            now.saturating_sub(c.last_write_ms.load(Ordering::Relaxed)) > idle_ms
+        };
+        self.shared.close_picked(
+            |r| r.conns.values().filter(stale).cloned().collect(),
+            State::Ended,
+            CloseReason::IdleTimeout,
+        )
     }
 
     /// Stops accepting connections and sends, then ends every stream: queued events, then
@@ -677,8 +699,11 @@ impl<M: Send + Sync + 'static> ConnectionManager<M> {
     pub fn shutdown(&self) -> usize {
         self.shared.shutting_down.store(true, Ordering::Release);
         let farewell = self.shared.config.farewell.clone().map(Event::into_bytes);
-        let all = self.collect(|r| r.conns.values().cloned().collect());
-        self.close_all(&all, State::Draining(farewell), CloseReason::Shutdown)
+        self.shared.close_picked(
+            |r| r.conns.values().cloned().collect(),
+            State::Draining(farewell),
+            CloseReason::Shutdown,
+        )
     }
 
     /// Waits for `token`, then [shuts down](Self::shutdown). Spawn it beside the server,

@@ -93,7 +93,7 @@ impl History {
         let found = self
             .entries
             .iter()
-            .rposition(|e| e.event.id() == Some(last_id));
+            .rposition(|e| e.event.id_bytes() == Some(last_id.as_bytes()));
         let start = found.map_or(0, |i| i + 1);
         let events = self
             .entries

@@ -17,7 +17,6 @@ pub(crate) struct Ring {
     events: VecDeque<Bytes>,
     /// Sequence number of `events[0]`.
     start: u64,
-    capacity: usize,
 }
 
 impl Ring {
@@ -43,6 +42,9 @@ pub(crate) struct Broadcast {
     ring: RwLock<Ring>,
     /// `ring.end()`, readable without the lock.
     end: AtomicU64,
+    /// The ring holds the last `capacity` events, so its start is always
+    /// `end.saturating_sub(capacity)`.
+    capacity: u64,
     /// Readers that found nothing new, by connection id; each publish takes and wakes them.
     parked: Mutex<IdMap<Waker>>,
 }
@@ -53,9 +55,9 @@ impl Broadcast {
             ring: RwLock::new(Ring {
                 events: VecDeque::with_capacity(capacity.min(4096)),
                 start: 0,
-                capacity: capacity.max(1),
             }),
             end: AtomicU64::new(0),
+            capacity: capacity.max(1) as u64,
             parked: Mutex::new(IdMap::default()),
         }
     }
@@ -68,12 +70,17 @@ impl Broadcast {
         self.end.load(Ordering::Acquire)
     }
 
-    /// Appends an event, dropping the oldest when full, and wakes every parked reader.
-    /// Returns the ring's start after the push: readers behind it have lagged.
+    /// The ring's start when its end is `end`, without taking its lock.
+    pub(crate) fn start_at(&self, end: u64) -> u64 {
+        end.saturating_sub(self.capacity)
+    }
+
+    /// Appends an event, dropping the oldest when full; [`wake_parked`](Self::wake_parked)
+    /// then tells the readers. Returns the ring's start after the push: readers behind it have lagged.
     pub(crate) fn push(&self, bytes: Bytes) -> u64 {
         let start = {
             let mut ring = self.ring.write().unwrap_or_else(|e| e.into_inner());
-            if ring.events.len() >= ring.capacity {
+            if ring.events.len() as u64 >= self.capacity {
                 ring.events.pop_front();
                 ring.start += 1;
             }
@@ -81,13 +88,18 @@ impl Broadcast {
             self.end.store(ring.end(), Ordering::Release);
             ring.start
         };
+        debug_assert_eq!(start, self.start_at(self.end()));
+        start
+    }
+
+    /// Wakes every parked reader, after a [`push`](Self::push).
+    pub(crate) fn wake_parked(&self) {
         // Drained, not taken: the map keeps its capacity, so the readers that park again
         // after this publish do not regrow it under the lock.
         let wakers: Vec<Waker> = lock(&self.parked).drain().map(|(_, w)| w).collect();
         for waker in wakers {
             waker.wake();
         }
-        start
     }
 
     /// Registers `waker` for the next publish. Returns `true` if an event came in
@@ -133,8 +145,10 @@ mod tests {
         assert!(!b.park(2, 0, &waker));
         b.unpark(2);
         b.push(Bytes::from_static(b"x"));
+        b.wake_parked();
         assert_eq!(count.0.load(Ordering::Relaxed), 1);
         b.push(Bytes::from_static(b"y"));
+        b.wake_parked();
         assert_eq!(
             count.0.load(Ordering::Relaxed),
             1,
