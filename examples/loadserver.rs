@@ -53,7 +53,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 use tower::{Layer, ServiceExt};
@@ -263,16 +263,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Out of file descriptors, for example: wait, as axum::serve does.
-                eprintln!("accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+        let stream = accept(&listener).await;
         let service = hyper::service::service_fn(handler.clone());
         tokio::spawn(async move {
             let _ = hyper::server::conn::http1::Builder::new()
@@ -284,6 +275,23 @@ where
 
 // ---------------------------------------------------------------------------------------------
 // Shared bits
+
+/// The next connection, with `TCP_NODELAY`. An accept error (out of file descriptors, for
+/// example) is waited out, as `axum::serve` does.
+async fn accept(listener: &TcpListener) -> TcpStream {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                return stream;
+            }
+            Err(e) => {
+                eprintln!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
 
 fn unix_nanos() -> u64 {
     SystemTime::now()
@@ -560,15 +568,7 @@ fn bare(
 
 async fn serve_raw(listener: TcpListener, tx: broadcast::Sender<Bytes>) -> std::io::Result<()> {
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                eprintln!("accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+        let stream = accept(&listener).await;
         let tx = tx.clone();
         tokio::spawn(async move {
             let _ = raw_connection(stream, tx).await;
@@ -578,7 +578,7 @@ async fn serve_raw(listener: TcpListener, tx: broadcast::Sender<Bytes>) -> std::
 
 /// Serves requests on one connection until it closes or becomes an event stream.
 async fn raw_connection(
-    mut stream: tokio::net::TcpStream,
+    mut stream: TcpStream,
     tx: broadcast::Sender<Bytes>,
 ) -> std::io::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
