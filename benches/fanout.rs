@@ -17,6 +17,8 @@
 //!     history on, automatic ids) and N connections, one task each, looping on
 //!     `ConnectionBody::frame()`. The manager may hand several queued events over as one
 //!     frame.
+//!   - `manager_topic`: the same, with every connection subscribed to one topic and the
+//!     events sent with `publish_topic`.
 //!
 //!   Receivers on both sides do the same work: count the events in what they got (its length
 //!   divided by the event's length) and, once they have a whole burst, decrement one shared
@@ -54,6 +56,9 @@ const SIZES: [usize; 3] = [1_000, 10_000, 100_000];
 
 /// Events published per iteration of the `fanout` group.
 const BURST: usize = 16;
+
+/// The topic every connection of the `manager_topic` side subscribes to.
+const TOPIC: &str = "prices";
 
 /// Slots of the broadcast channel: far more than one burst, so no receiver ever lags.
 const BROADCAST_CAPACITY: usize = 1024;
@@ -118,6 +123,8 @@ impl Sink {
 enum Side {
     Broadcast,
     Manager,
+    /// Every connection subscribed to one topic, published to with `publish_topic`.
+    ManagerTopic,
 }
 
 impl Side {
@@ -125,6 +132,7 @@ impl Side {
         match self {
             Side::Broadcast => "broadcast",
             Side::Manager => "manager",
+            Side::ManagerTopic => "manager_topic",
         }
     }
 }
@@ -137,6 +145,7 @@ enum Publisher {
     Manager {
         manager: ConnectionManager,
         event: Event,
+        topic: Option<&'static str>,
     },
 }
 
@@ -146,8 +155,21 @@ impl Publisher {
             Publisher::Broadcast { tx, bytes } => {
                 tx.send(bytes.clone()).expect("receivers are alive");
             }
-            Publisher::Manager { manager, event } => {
+            Publisher::Manager {
+                manager,
+                event,
+                topic: None,
+            } => {
                 manager.publish(event.clone()).expect("manager is open");
+            }
+            Publisher::Manager {
+                manager,
+                event,
+                topic: Some(topic),
+            } => {
+                manager
+                    .publish_topic(topic, event.clone())
+                    .expect("manager is open");
             }
         }
     }
@@ -247,15 +269,26 @@ fn setup(rt: &Runtime, side: Side, receivers: usize) -> Running {
                 .collect();
             Running { fanout, tasks }
         }
-        Side::Manager => {
+        Side::Manager | Side::ManagerTopic => {
             let manager = ConnectionManager::new();
             let event_len = wire_len(&manager, &event);
+            let topic = matches!(side, Side::ManagerTopic).then_some(TOPIC);
             let bodies: Vec<_> = (0..receivers)
-                .map(|_| manager.connect(Connect::new()).expect("connect").1)
+                .map(|_| {
+                    let options = match topic {
+                        Some(t) => Connect::new().topic(t),
+                        None => Connect::new(),
+                    };
+                    manager.connect(options).expect("connect").1
+                })
                 .collect();
             let fanout = Arc::new(Fanout {
                 receivers,
-                publisher: Publisher::Manager { manager, event },
+                publisher: Publisher::Manager {
+                    manager,
+                    event,
+                    topic,
+                },
                 sink: Arc::new(Sink::new()),
                 bursts: AtomicU64::new(0),
             });
@@ -314,7 +347,7 @@ fn fanout(c: &mut Criterion) {
     group.sample_size(10);
     for n in SIZES {
         group.throughput(Throughput::Elements((n * BURST) as u64));
-        for side in [Side::Broadcast, Side::Manager] {
+        for side in [Side::Broadcast, Side::Manager, Side::ManagerTopic] {
             // Set up on first use, so a filtered-out benchmark costs nothing.
             let mut running: Option<Running> = None;
             group.bench_function(BenchmarkId::new(side.name(), n), |b| {
