@@ -215,7 +215,7 @@ async fn drain_body(mut body: ConnectionBody, sink: Arc<Sink>, event_len: usize)
     while let Some(frame) = body.frame().await {
         let frame = match frame {
             Ok(frame) => frame,
-            Err(never) => match never {},
+            Err(aborted) => panic!("a receiver was aborted: {aborted}"),
         };
         if let Ok(data) = frame.into_data() {
             let n = count_events(&data, event_len);
@@ -241,7 +241,7 @@ fn wire_len(manager: &ConnectionManager, event: &Event) -> usize {
         .expect("the stream is open");
     let data = match frame {
         Ok(frame) => frame.into_data().expect("a data frame"),
-        Err(never) => match never {},
+        Err(aborted) => panic!("the stream was aborted: {aborted}"),
     };
     data.len()
 }

@@ -36,8 +36,17 @@ pub mod stream;
 pub use event::{Event, EventBuilder, EventError, Field, KEEP_ALIVE};
 pub use last_event_id::{InvalidLastEventId, LastEventId};
 pub use layer::{Sse, SseContext, SseLayer};
-pub use manager::{Connect, ConnectionManager};
+pub use manager::{
+    CloseReason, Completion, Connect, ConnectError, Connection, ConnectionBody, ConnectionHandle,
+    ConnectionId, ConnectionManager, Delivery, ManagerBuilder, Replay, SendError,
+    SlowConsumerPolicy, Stats, StreamAborted, SubscribeError,
+};
 pub use stream::{response, EventStreamBody, IntoEvent};
+
+/// The token that ends streams on shutdown ([`SseLayer::shutdown_token`]) and that a
+/// stream's producer watches ([`SseContext::cancellation_token`]), re-exported from
+/// `tokio-util`.
+pub use tokio_util::sync::CancellationToken;
 
 /// A type-erased error, as body errors are.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

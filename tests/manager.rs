@@ -56,6 +56,9 @@ enum Next {
     Pending,
     Data(Bytes),
     End,
+    /// The body ended with an error: the server drops the connection without ending the
+    /// response (a slow consumer).
+    Aborted,
 }
 
 /// Lets the runtime fire due timers and wake tasks, without moving a paused clock.
@@ -74,7 +77,8 @@ where
     match body.frame().now_or_never() {
         None => Next::Pending,
         Some(None) => Next::End,
-        Some(Some(frame)) => match frame.expect("body error").into_data() {
+        Some(Some(Err(_))) => Next::Aborted,
+        Some(Some(Ok(frame))) => match frame.into_data() {
             Ok(data) => Next::Data(data),
             Err(_) => panic!("a manager body sends data frames only"),
         },
@@ -113,7 +117,10 @@ where
 #[derive(Debug, Default)]
 struct Drained {
     frames: Vec<Bytes>,
+    /// The stream is over, cleanly or aborted.
     ended: bool,
+    /// It ended with an error.
+    aborted: bool,
 }
 
 impl Drained {
@@ -143,6 +150,11 @@ where
             Next::Pending => return out,
             Next::End => {
                 out.ended = true;
+                return out;
+            }
+            Next::Aborted => {
+                out.ended = true;
+                out.aborted = true;
                 return out;
             }
         }
@@ -286,7 +298,7 @@ async fn publish_reaches_everyone_from_one_buffer_with_increasing_ids() {
 
 #[tokio::test]
 async fn every_target_reaches_exactly_its_recipients() {
-    let (m, closes) = recording(ConnectionManager::<u32>::builder());
+    let (m, closes) = recording(ManagerBuilder::<u32>::new());
     let (a, mut a_body) = m
         .connect(Connect::with_meta(1).key("alice").topic("news"))
         .unwrap();
@@ -302,7 +314,10 @@ async fn every_target_reaches_exactly_its_recipients() {
     let (d, mut d_body) = m.connect(Connect::with_meta(4)).unwrap();
     assert_eq!(a.key(), Some("alice"));
     assert!(c.has_topic("sport") && !a.has_topic("sport"));
-    assert_eq!(c.topics().collect::<Vec<_>>(), ["news", "sport"]);
+    assert_eq!(
+        c.topics().iter().map(|t| &**t).collect::<Vec<_>>(),
+        ["news", "sport"]
+    );
     assert_eq!(*d.meta(), 4);
     assert_eq!(m.len(), 4);
     assert_eq!(m.handles_for_key("alice").len(), 2);
@@ -411,9 +426,7 @@ async fn operations_on_closed_connections_say_why() {
     assert!(!a.complete_with_error(Event::message("x")));
     assert_eq!(
         a.send(Event::message("x")),
-        Err(SendError::Closed {
-            reason: Some(CloseReason::Evicted)
-        })
+        Err(SendError::Closed(CloseReason::Evicted))
     );
     assert_eq!(
         m.send_to(a.id(), Event::message("x")),
@@ -431,9 +444,7 @@ async fn operations_on_closed_connections_say_why() {
     assert!(!b.evict());
     assert_eq!(
         b.send(Event::message("x")),
-        Err(SendError::Closed {
-            reason: Some(CloseReason::Completed)
-        })
+        Err(SendError::Closed(CloseReason::Completed))
     );
     assert_eq!(
         m.send_to(b.id(), Event::message("x")),
@@ -446,9 +457,7 @@ async fn operations_on_closed_connections_say_why() {
     assert!(c.is_closed());
     assert_eq!(
         c.send(Event::message("x")),
-        Err(SendError::Closed {
-            reason: Some(CloseReason::ClientGone)
-        })
+        Err(SendError::Closed(CloseReason::ClientGone))
     );
     assert!(!c.complete());
     assert!(!c.evict());
@@ -475,14 +484,14 @@ async fn operations_on_closed_connections_say_why() {
 
 #[tokio::test]
 async fn shutdown_delivers_queued_events_then_the_farewell_and_refuses_everything_after() {
-    let (m, closes) = recording(ConnectionManager::builder().farewell(bye()));
+    let (m, closes) = recording(ConnectionManager::builder());
     let (a, mut a_body) = m.connect(Connect::new().key("k").topic("t")).unwrap();
     let (b, mut b_body) = m.connect(Connect::new()).unwrap();
     m.publish(Event::message("1")).unwrap();
     m.publish(Event::message("2")).unwrap();
 
     assert!(!m.is_shutting_down());
-    assert_eq!(m.shutdown(), 2);
+    assert_eq!(m.shutdown_with(bye()), 2);
     assert!(m.is_shutting_down());
     assert_eq!(m.len(), 0);
 
@@ -631,9 +640,7 @@ async fn completed_with_error_delivers_queued_events_then_the_error_then_ends() 
     assert!(!h.complete());
     assert_eq!(
         h.send(Event::message("x")),
-        Err(SendError::Closed {
-            reason: Some(CloseReason::CompletedWithError)
-        })
+        Err(SendError::Closed(CloseReason::CompletedWithError))
     );
     let got = drain_now(&mut body);
     assert!(got.ended);
@@ -712,9 +719,7 @@ async fn evict_idle_closes_only_connections_with_nothing_written() {
     assert!(idle.is_closed() && stuck.is_closed());
     assert_eq!(
         idle.send(Event::message("x")),
-        Err(SendError::Closed {
-            reason: Some(CloseReason::IdleTimeout)
-        })
+        Err(SendError::Closed(CloseReason::IdleTimeout))
     );
     assert!(drain_now(&mut idle_body).ended);
     assert!(drain_now(&mut stuck_body).ended);
@@ -918,10 +923,11 @@ async fn slow_consumer_is_disconnected_and_the_others_get_everything() {
     assert_eq!(slow.queued(), 0, "the slow connection's queue was freed");
     assert_eq!(
         slow.send(Event::message("x")),
-        Err(SendError::Closed {
-            reason: Some(CloseReason::SlowConsumer)
-        })
+        Err(SendError::Closed(CloseReason::SlowConsumer))
     );
+    // Aborted, not ended: the server drops a client that does not read instead of waiting
+    // to write the end of the response to it.
+    assert_eq!(poll_now(&mut slow_body), Next::Aborted);
     assert_eq!(poll_now(&mut slow_body), Next::End);
     drop(slow_body);
     let recorded = closes_of(&closes);
@@ -1086,8 +1092,30 @@ async fn resumed_replays_exactly_what_was_missed_then_live_events() {
 }
 
 #[tokio::test]
+async fn unknown_id_gets_the_gap_event_then_live_events_by_default() {
+    let m = ConnectionManager::new();
+    for i in 0..3 {
+        m.publish(Event::message(i.to_string())).unwrap();
+    }
+    let (h, mut body) = m
+        .connect(Connect::new().last_event_id(last_id("nope")))
+        .unwrap();
+    assert_eq!(h.replay(), Replay::Gap(0));
+    m.publish(Event::message("live")).unwrap();
+    let events = drain_now(&mut body).events();
+    let got: Vec<_> = events
+        .iter()
+        .map(|e| (e.event_type.as_str(), e.data.as_str()))
+        .collect();
+    assert_eq!(got, [("gap", ""), ("message", "live")]);
+    drop(body);
+    assert_eq!(m.stats().gaps, 1);
+    assert_empty(&m);
+}
+
+#[tokio::test]
 async fn unknown_id_gets_the_gap_event_first_then_the_history() {
-    let m: ConnectionManager = ConnectionManager::new();
+    let m: ConnectionManager = ConnectionManager::builder().replay_after_gap(100).build();
     for i in 0..3 {
         m.publish(Event::message(i.to_string())).unwrap();
     }
@@ -1110,7 +1138,10 @@ async fn unknown_id_gets_the_gap_event_first_then_the_history() {
         .data("all")
         .build()
         .unwrap();
-    let m2: ConnectionManager = ConnectionManager::builder().gap_event(Some(custom)).build();
+    let m2: ConnectionManager = ConnectionManager::builder()
+        .gap_event(Some(custom))
+        .replay_after_gap(100)
+        .build();
     m2.publish(Event::message("x")).unwrap();
     let (_h, mut b2) = m2
         .connect(Connect::new().last_event_id(last_id("nope")))
@@ -1119,7 +1150,10 @@ async fn unknown_id_gets_the_gap_event_first_then_the_history() {
     assert_eq!(events[0].event_type, "reload");
     assert_eq!(events.len(), 2);
 
-    let m3: ConnectionManager = ConnectionManager::builder().gap_event(None).build();
+    let m3: ConnectionManager = ConnectionManager::builder()
+        .gap_event(None)
+        .replay_after_gap(100)
+        .build();
     m3.publish(Event::message("x")).unwrap();
     let (h3, mut b3) = m3
         .connect(Connect::new().last_event_id(last_id("nope")))
@@ -1133,11 +1167,11 @@ async fn unknown_id_gets_the_gap_event_first_then_the_history() {
     assert_empty(&m3);
 }
 
-/// `Replay::Gap(n)` is documented as "the gap event was sent, then this many events,
-/// everything the history still holds": `n` counts history events, not the gap event.
+/// `Replay::Gap(n)` is documented as "the gap event was sent, then this many of the newest
+/// events": `n` counts history events, not the gap event.
 #[tokio::test]
 async fn gap_counts_the_replayed_history_not_the_gap_event() {
-    let m: ConnectionManager = ConnectionManager::new();
+    let m: ConnectionManager = ConnectionManager::builder().replay_after_gap(100).build();
     for i in 0..3 {
         m.publish(Event::message(i.to_string())).unwrap();
     }
@@ -1149,19 +1183,24 @@ async fn gap_counts_the_replayed_history_not_the_gap_event() {
     assert_eq!(h.replay(), Replay::Gap(3));
 }
 
+/// The history forgets events older than its age bound. A client that missed one of them
+/// gets the gap event, then what is left; a client whose own last event expired but that
+/// missed nothing expired is resumed exactly: its id is a position in the publish order.
 #[tokio::test(start_paused = true)]
 async fn expired_id_gets_the_gap_event() {
     let m: ConnectionManager = ConnectionManager::builder()
         .replay(100, Some(secs(60)))
+        .replay_after_gap(100)
         .build();
+    let before = m.publish(Event::message("before")).unwrap().id.unwrap();
     let old = m.publish(Event::message("old")).unwrap().id.unwrap();
     advance(secs(30)).await;
     let newer = m.publish(Event::message("newer")).unwrap().id.unwrap();
     advance(secs(31)).await;
 
-    // `old` is 61 s old: forgotten. The client is told, then gets what is left.
+    // `old` is 61 s old: forgotten. A client that missed it is told, then gets what is left.
     let (h, mut body) = m
-        .connect(Connect::new().last_event_id(last_id(&old)))
+        .connect(Connect::new().last_event_id(last_id(&before)))
         .unwrap();
     assert!(matches!(h.replay(), Replay::Gap(_)), "{:?}", h.replay());
     let events = drain_now(&mut body).events();
@@ -1169,6 +1208,13 @@ async fn expired_id_gets_the_gap_event() {
     assert_eq!(types, ["gap", "message"]);
     assert_eq!(events[1].data, "newer");
     assert_eq!(m.history_len(), 1);
+
+    // A client that saw `old` missed only `newer`, which is still held.
+    let (h1, mut body1) = m
+        .connect(Connect::new().last_event_id(last_id(&old)))
+        .unwrap();
+    assert_eq!(h1.replay(), Replay::Resumed(1));
+    assert_eq!(drain_now(&mut body1).data(), ["newer"]);
 
     // `newer` is 31 s old: still known.
     let (h2, mut body2) = m
@@ -1179,7 +1225,7 @@ async fn expired_id_gets_the_gap_event() {
 
     advance(secs(30)).await;
     let (h3, mut body3) = m
-        .connect(Connect::new().last_event_id(last_id(&newer)))
+        .connect(Connect::new().last_event_id(last_id(&old)))
         .unwrap();
     assert!(matches!(h3.replay(), Replay::Gap(_)), "{:?}", h3.replay());
     let events = drain_now(&mut body3).events();
@@ -1187,7 +1233,7 @@ async fn expired_id_gets_the_gap_event() {
     assert_eq!(events[0].event_type, "gap");
     assert_eq!(m.history_len(), 0);
 
-    drop((body, body2, body3));
+    drop((body, body1, body2, body3));
     assert_empty(&m);
 }
 
@@ -1386,11 +1432,7 @@ async fn reconnecting_clients_see_every_event_exactly_once() {
 
 #[tokio::test(start_paused = true)]
 async fn stats_after_a_scripted_sequence_with_every_close_reason() {
-    let (m, closes) = recording(
-        ConnectionManager::builder()
-            .queue_capacity(2)
-            .farewell(bye()),
-    );
+    let (m, closes) = recording(ConnectionManager::builder().queue_capacity(2));
     let connect = |c: Connect| m.connect(c).unwrap();
     let (a, mut a_body) = connect(Connect::new().topic("t"));
     let (b, mut b_body) = connect(Connect::new().topic("t"));
@@ -1431,7 +1473,8 @@ async fn stats_after_a_scripted_sequence_with_every_close_reason() {
     g.send(Event::message("g")).unwrap();
     // Refused, so not an event: 3 events, 11 deliveries, 2 dropped: SlowConsumer.
     assert_eq!(g.send(Event::message("g2")), Err(SendError::SlowConsumer));
-    assert!(drain_now(&mut g_body).ended);
+    let g_end = drain_now(&mut g_body);
+    assert!(g_end.ended && g_end.aborted);
     // Completed and CompletedWithError deliver what they hold.
     assert!(a.complete_with(Event::message("done")));
     assert!(b.complete_with_error(Event::message("failed")));
@@ -1460,7 +1503,7 @@ async fn stats_after_a_scripted_sequence_with_every_close_reason() {
 
     // 6 events, 16 deliveries; Shutdown delivers it and the farewell.
     assert_eq!(m.publish(Event::message("e4")).unwrap().delivered, 1);
-    assert_eq!(m.shutdown(), 1);
+    assert_eq!(m.shutdown_with(bye()), 1);
     let got = drain_now(&mut h_body);
     assert!(got.ended);
     assert_eq!(got.data(), ["e4", "later"]);
@@ -1520,7 +1563,7 @@ async fn closed_connections_are_freed_not_just_unregistered() {
     // Each connection's metadata holds a clone of `alive`: when every `Connection` is freed,
     // the count is back to one.
     let alive = Arc::new(());
-    let m: ConnectionManager<Arc<()>> = ConnectionManager::builder().queue_capacity(4).build();
+    let m: ConnectionManager<Arc<()>> = ManagerBuilder::new().queue_capacity(4).build();
     let mut kept = Vec::new();
     for i in 0..200 {
         let (h, mut body) = m

@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{sleep, timeout, Instant};
 use tokio_util::sync::CancellationToken;
-use tower_sse::manager::{CloseReason, Connect, ConnectionManager};
+use tower_sse::manager::{CloseReason, Connect, ConnectionManager, ManagerBuilder};
 use tower_sse::{Event, SseContext, SseLayer};
 
 /// Each connection's metadata is a clone of one `Arc<()>`, so its strong count tells how many
@@ -236,7 +236,7 @@ async fn churn_over_real_sockets_leaves_nothing_behind() {
     // Room for 20 s of ticks per connection: on a starved machine a server task may not run
     // for a while, and this test is about clients leaving, not about slow consumers (every
     // close must be `ClientGone`).
-    let manager: Manager = ConnectionManager::builder()
+    let manager: Manager = ManagerBuilder::new()
         .queue_capacity(10_000)
         .replay(64, None)
         .build();

@@ -1,79 +1,134 @@
+//! One connection: what hooks and filters see of it, and its lifecycle, all behind its own
+//! lock. It reads the logs it is subscribed to at its own positions, plus a queue of events
+//! sent to it alone, and merges them in the order they were sent.
+//!
+//! Lifecycle: `Open` → `Draining` (completed: what was sent before is still delivered, then
+//! the last event) → `Ended`; or `Open` → `Ended` at once (evicted, gone, too slow).
+
 use std::collections::VecDeque;
 use std::fmt;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Waker};
 
 use bytes::{Bytes, BytesMut};
-use http_body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-use super::core::Shared;
-use super::ring::Broadcast;
-use super::types::{CloseReason, ConnectionId, Replay, SendError, SlowConsumerPolicy};
-use crate::layer::StreamEnd;
-use crate::{Event, SseContext};
+use super::error::SubscribeError;
+use super::log::{Cursor, Entries, Log};
+use super::sync::{AtomicU64, Mutex, Ordering, RwLockReadGuard};
+use super::types::{CloseReason, ConnectionId, Replay, SlowConsumerPolicy};
+use crate::Event;
 
-/// Most bytes merged into one frame when several events are queued.
+/// Most bytes merged into one frame when several events are waiting.
 const MAX_BATCH_BYTES: usize = 64 * 1024;
 
 /// One open (or just closed) connection, as hooks and filters see it.
 pub struct Connection<M = ()> {
-    pub(crate) id: ConnectionId,
-    pub(crate) key: Option<Arc<str>>,
-    pub(crate) topics: Box<[Arc<str>]>,
-    pub(crate) meta: M,
-    pub(crate) connected_at: Instant,
-    pub(crate) replay: Replay,
-    /// Milliseconds since the manager's epoch when an event was last handed to the server.
-    pub(crate) last_write_ms: AtomicU64,
-    pub(crate) lagged: AtomicU64,
-    /// Position in the broadcast ring: the next published event this connection will send.
-    pub(crate) cursor: AtomicU64,
-    pub(crate) broadcast: Arc<Broadcast>,
-    pub(crate) queue: Mutex<Queue>,
+    id: ConnectionId,
+    bound: Bound,
+    key: Option<Arc<str>>,
+    meta: M,
+    connected_at: Instant,
+    replay: Replay,
+    /// Milliseconds of the manager's clock when an event was last handed to the server.
+    last_write_ms: AtomicU64,
+    /// Events skipped under [`SlowConsumerPolicy::DropOldest`].
+    lagged: AtomicU64,
+    state: Mutex<State>,
+    /// Made by the first [`closed`](super::ConnectionHandle::closed) call; cancelled when the
+    /// connection closes.
+    closed: OnceLock<CancellationToken>,
 }
 
 #[derive(Debug)]
-pub(crate) struct Queue {
-    /// Events sent to this connection alone (or to its key, topic or a filter), each
-    /// stamped with the broadcast ring's end when it was sent: ring events numbered below
-    /// the stamp go out before it, so the connection sees one order.
-    pub(crate) events: VecDeque<(u64, Bytes)>,
-    /// Replayed events still queued: they do not count against the queue's capacity.
-    pub(crate) replay_allowance: usize,
+struct State {
+    /// Position in the log of events published to everyone.
+    all: Cursor,
+    /// Positions in the logs of its topics.
+    topics: Vec<Cursor>,
+    /// Events sent to this connection alone (or to its key or a filter), each stamped with
+    /// the publish number at the time: published events numbered below the stamp go out
+    /// before it, so the connection sees one order.
+    queue: VecDeque<(u64, Bytes)>,
+    /// The body's task, for events queued here and for the close.
     waker: Option<Waker>,
-    pub(crate) state: State,
-    pub(crate) reason: Option<CloseReason>,
-    /// While draining: ring events numbered below this were published before the close and
-    /// are still delivered.
-    pub(crate) drain_until: u64,
+    phase: Phase,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum State {
+#[derive(Debug)]
+enum Phase {
     Open,
-    /// Deliver what is queued, then the final event, then end.
-    Draining(Option<Bytes>),
-    /// End at once; the queue was discarded.
-    Ended,
+    /// Deliver queued events and published events numbered below `until`, then `last`,
+    /// then end.
+    Draining(Box<Drain>),
+    Ended {
+        reason: CloseReason,
+        /// End the body with an error, so the server drops the connection.
+        abort: bool,
+    },
 }
 
-/// Result of offering an event to one connection's queue.
+#[derive(Debug)]
+struct Drain {
+    reason: CloseReason,
+    until: u64,
+    last: Option<Event>,
+}
+
+impl Phase {
+    fn reason(&self) -> Option<CloseReason> {
+        match self {
+            Phase::Open => None,
+            Phase::Draining(d) => Some(d.reason),
+            Phase::Ended { reason, .. } => Some(*reason),
+        }
+    }
+}
+
+/// The backlog bound and what happens past it, as the manager is configured.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bound {
+    pub(crate) capacity: u64,
+    pub(crate) policy: SlowConsumerPolicy,
+}
+
+/// How a connection is closed.
+#[derive(Debug)]
+pub(crate) enum Ending {
+    /// Deliver what was sent before, then `last`, then end.
+    Drain { last: Option<Event> },
+    /// End at once, discarding what is queued; with an error if `abort`.
+    Now { abort: bool },
+}
+
+/// The outcome of offering an event to one connection.
+#[derive(Debug)]
 pub(crate) enum Offer {
     Queued,
-    /// Queued after dropping the oldest event.
+    /// Queued after dropping the oldest queued event.
     Lagged,
-    /// The queue is full and the policy is to disconnect: the caller closes the connection.
+    /// The backlog is full and the policy is to disconnect: the caller closes it.
     Full,
-    Closed(Option<CloseReason>),
+    Closed(CloseReason),
 }
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding one of our locks cannot leave the data half-updated in a way
-    // that matters more than losing the connection; never propagate poisoning.
-    m.lock().unwrap_or_else(|e| e.into_inner())
+/// What the body should do next.
+#[derive(Debug)]
+pub(crate) enum Next {
+    /// Write these bytes.
+    Frame(Bytes),
+    /// Write the last event, then end.
+    Last(Event),
+    End,
+    /// End with an error.
+    Abort(CloseReason),
+    /// Events skipped under `DropOldest`, already applied: count them and poll again.
+    Skipped(u64),
+    /// Too far behind under `Disconnect`: the caller closes it, then polls again.
+    Behind,
+    /// Nothing now; the task is registered for the next event.
+    Pending,
 }
 
 impl<M> Connection<M> {
@@ -87,14 +142,19 @@ impl<M> Connection<M> {
         self.key.as_deref()
     }
 
-    /// The topics it is subscribed to.
-    pub fn topics(&self) -> impl Iterator<Item = &str> + '_ {
-        self.topics.iter().map(|t| &**t)
+    /// The topics it is subscribed to now.
+    pub fn topics(&self) -> Vec<Arc<str>> {
+        let state = self.state.lock();
+        state
+            .topics
+            .iter()
+            .filter_map(|s| s.log.name().cloned())
+            .collect()
     }
 
-    /// Whether it is subscribed to `topic`.
+    /// Whether it is subscribed to `topic` now.
     pub fn has_topic(&self, topic: &str) -> bool {
-        self.topics.iter().any(|t| &**t == topic)
+        self.state.lock().position(topic).is_some()
     }
 
     /// The metadata given at connect time.
@@ -112,143 +172,435 @@ impl<M> Connection<M> {
         self.replay
     }
 
-    /// Events dropped for this connection under [`SlowConsumerPolicy::DropOldest`],
-    /// including published events it has fallen too far behind to send.
+    /// Events it will never send because it lagged: skipped under
+    /// [`SlowConsumerPolicy::DropOldest`], and published events that left the history before
+    /// it sent them.
     pub fn lagged(&self) -> u64 {
-        let start = self.broadcast.start_at(self.broadcast.end());
-        let deficit = start.saturating_sub(self.cursor.load(Ordering::Relaxed));
-        self.lagged.load(Ordering::Relaxed) + deficit
-    }
-
-    /// Events queued and not yet handed to the server.
-    pub fn queued(&self) -> usize {
-        let q = lock(&self.queue);
-        q.events.len() + self.ring_backlog(&q) as usize
-    }
-
-    /// Published events still to send: from the cursor (or the oldest still held) to the
-    /// ring's end, or to where a draining connection stops.
-    fn ring_backlog(&self, q: &Queue) -> u64 {
-        let limit = match q.state {
-            State::Open => u64::MAX,
-            State::Draining(_) => q.drain_until,
-            State::Ended => return 0,
+        let state = self.state.lock();
+        let will_skip: u64 = match (&state.phase, self.bound.policy) {
+            (Phase::Open, SlowConsumerPolicy::DropOldest) => state
+                .subs()
+                .map(|c| c.bounded_next(self.bound.capacity) - c.next)
+                .sum(),
+            _ => state.subs().map(Cursor::deficit).sum(),
         };
-        let end = self.broadcast.end();
-        let from = self
-            .cursor
-            .load(Ordering::Relaxed)
-            .max(self.broadcast.start_at(end));
-        end.min(limit).saturating_sub(from)
+        self.lagged.load(Ordering::Relaxed) + will_skip
     }
 
+    /// Events waiting to be handed to the server: its own queue, and published events it has
+    /// not sent yet: what is left of its replay, and live events up to the backlog bound
+    /// (those past it will not be sent: it is disconnected, or skips them).
+    pub fn queued(&self) -> usize {
+        let state = self.state.lock();
+        state.unsent(self.bound.capacity) as usize
+    }
+
+    /// Why it closed, once it has (or is completing).
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.state.lock().phase.reason()
+    }
+
+    /// Whether it has closed, or is completing.
+    pub fn is_closed(&self) -> bool {
+        self.close_reason().is_some()
+    }
+
+    pub(crate) fn last_write_ms(&self) -> u64 {
+        self.last_write_ms.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_last_write_ms(&self, ms: u64) {
+        self.last_write_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// A new connection reading the log to all and its topics' logs from the given
+    /// cursors. A `gap` event, if any, is sent before everything else.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         id: ConnectionId,
+        bound: Bound,
         key: Option<Arc<str>>,
-        topics: Box<[Arc<str>]>,
         meta: M,
         connected_at: Instant,
         now_ms: u64,
-        broadcast: Arc<Broadcast>,
+        replay: Replay,
+        (all, topics): (Cursor, Vec<Cursor>),
+        gap: Option<Bytes>,
     ) -> Self {
-        // Made under the manager's history lock: live published events start here, earlier
-        // ones come from the replay.
-        let cursor = broadcast.end();
+        let mut queue = VecDeque::new();
+        if let Some(gap) = gap {
+            queue.push_back((0, gap));
+        }
         Connection {
             id,
+            bound,
             key,
-            topics,
             meta,
             connected_at,
-            replay: Replay::Fresh,
+            replay,
             last_write_ms: AtomicU64::new(now_ms),
             lagged: AtomicU64::new(0),
-            cursor: AtomicU64::new(cursor),
-            broadcast,
-            queue: Mutex::new(Queue {
-                events: VecDeque::new(),
-                replay_allowance: 0,
+            state: Mutex::new(State {
+                all,
+                topics,
+                queue,
                 waker: None,
-                state: State::Open,
-                reason: None,
-                drain_until: 0,
+                phase: Phase::Open,
             }),
+            closed: OnceLock::new(),
         }
     }
 
-    /// Offers `bytes` to the queue, never waiting. `stamp` is the broadcast ring's end now;
-    /// `capacity` and `policy` are the manager's.
-    pub(crate) fn offer(
-        &self,
-        bytes: &Bytes,
-        stamp: u64,
-        capacity: usize,
-        policy: SlowConsumerPolicy,
-    ) -> Offer {
-        let mut q = lock(&self.queue);
-        if q.state != State::Open {
-            return Offer::Closed(q.reason);
+    /// Queues `bytes` for this connection, never waiting, and wakes its body. `stamp` is the
+    /// publish number now. Call with no lock of the manager held.
+    pub(crate) fn offer(&self, bytes: &Bytes, stamp: u64) -> Offer {
+        let mut state = self.state.lock();
+        if let Some(reason) = state.phase.reason() {
+            return Offer::Closed(reason);
         }
         let mut offer = Offer::Queued;
-        let bound = capacity + q.replay_allowance;
-        match policy {
-            // The bound covers the whole backlog: this queue and the published events not
-            // yet sent.
-            SlowConsumerPolicy::Disconnect
-                if q.events.len() + self.ring_backlog(&q) as usize >= bound =>
-            {
+        let capacity = self.bound.capacity;
+        match self.bound.policy {
+            SlowConsumerPolicy::Disconnect if state.live_backlog() >= capacity => {
                 return Offer::Full;
             }
-            // Dropping makes room in this queue only; the ring drops its own oldest.
-            SlowConsumerPolicy::DropOldest if q.events.len() >= bound => {
-                q.events.pop_front();
+            SlowConsumerPolicy::DropOldest if state.queue.len() as u64 >= capacity => {
+                state.queue.pop_front();
                 self.lagged.fetch_add(1, Ordering::Relaxed);
                 offer = Offer::Lagged;
             }
             _ => {}
         }
-        q.events.push_back((stamp, bytes.clone()));
-        let waker = q.waker.take();
-        drop(q);
+        state.queue.push_back((stamp, bytes.clone()));
+        let waker = state.waker.take();
+        drop(state);
         if let Some(w) = waker {
             w.wake();
         }
         offer
     }
 
-    /// Ends the queue whatever its state and frees it. Returns how many events it held.
-    pub(crate) fn discard(&self) -> usize {
-        let mut q = lock(&self.queue);
-        let unsent = q.events.len() + self.ring_backlog(&q) as usize;
-        q.state = State::Ended;
-        q.replay_allowance = 0;
-        q.events = VecDeque::new();
-        unsent
-    }
-
-    /// Moves the queue out of `Open`. Returns how many queued events were discarded, or
-    /// `None` if it was not open.
-    pub(crate) fn end(&self, state: State, reason: CloseReason, ring_end: u64) -> Option<usize> {
-        let mut q = lock(&self.queue);
-        if q.state != State::Open {
+    /// Moves the connection out of `Open`, `until` being the publish number now. Returns
+    /// how many unsent events were discarded, or `None` if it was not open.
+    pub(crate) fn close(&self, reason: CloseReason, ending: Ending, until: u64) -> Option<u64> {
+        let mut state = self.state.lock();
+        if state.phase.reason().is_some() {
             return None;
         }
-        q.reason = Some(reason);
-        q.drain_until = ring_end;
-        let discarded = if state == State::Ended {
-            let n = q.events.len() + self.ring_backlog(&q) as usize;
-            q.events = VecDeque::new();
-            n
-        } else {
-            0
+        let discarded = match ending {
+            Ending::Drain { last } => {
+                state.phase = Phase::Draining(Box::new(Drain {
+                    reason,
+                    until,
+                    last,
+                }));
+                0
+            }
+            Ending::Now { abort } => {
+                let unsent = state.unsent(self.bound.capacity);
+                state.queue = VecDeque::new();
+                state.phase = Phase::Ended { reason, abort };
+                unsent
+            }
         };
-        q.state = state;
-        let waker = q.waker.take();
-        drop(q);
+        let waker = state.waker.take();
+        drop(state);
         if let Some(w) = waker {
             w.wake();
         }
         Some(discarded)
+    }
+
+    /// Ends a connection whatever its phase (its body went away while it was completing)
+    /// and frees its queue. Returns how many events it never sent.
+    pub(crate) fn discard(&self) -> u64 {
+        let mut state = self.state.lock();
+        let unsent = state.unsent(self.bound.capacity);
+        let reason = state.phase.reason().unwrap_or(CloseReason::ClientGone);
+        state.queue = VecDeque::new();
+        state.phase = Phase::Ended {
+            reason,
+            abort: false,
+        };
+        unsent
+    }
+
+    /// Cancels the token [`closed`](super::ConnectionHandle::closed) waits on, if any.
+    pub(crate) fn notify_closed(&self) {
+        if let Some(token) = self.closed.get() {
+            token.cancel();
+        }
+    }
+
+    /// The token cancelled when the connection closes, made on first use. Cancelled at
+    /// once if it has closed already.
+    pub(crate) fn closed_token(&self) -> CancellationToken {
+        let token = self.closed.get_or_init(CancellationToken::new).clone();
+        // Under the lock the close takes: either the close sees the token, or this sees the
+        // close.
+        if self.close_reason().is_some() {
+            token.cancel();
+        }
+        token
+    }
+
+    /// Whether it is open and further behind than the bound allows, or behind the oldest
+    /// entry a log still holds. For sweeps that catch clients which stopped reading (their
+    /// body is never polled to notice).
+    pub(crate) fn is_behind(&self) -> bool {
+        let state = self.state.lock();
+        matches!(state.phase, Phase::Open)
+            && (state.live_backlog() > self.bound.capacity || state.subs().any(|c| c.deficit() > 0))
+    }
+
+    /// The logs it reads.
+    pub(crate) fn logs(&self) -> Vec<Arc<Log>> {
+        let state = self.state.lock();
+        state.subs().map(|s| s.log.clone()).collect()
+    }
+
+    /// Starts reading `log` (a topic's) at `cursor`. Everything published to it from there
+    /// on is sent. Returns `false` if it was subscribed already.
+    pub(crate) fn subscribe(
+        &self,
+        log: Arc<Log>,
+        cursor: u64,
+        limit: usize,
+    ) -> Result<bool, SubscribeError> {
+        let mut state = self.state.lock();
+        if let Some(reason) = state.phase.reason() {
+            return Err(SubscribeError::Closed(reason));
+        }
+        let Some(name) = log.name() else {
+            return Ok(false);
+        };
+        if state.position(name).is_some() {
+            return Ok(false);
+        }
+        if state.topics.len() >= limit {
+            return Err(SubscribeError::TooManyTopics { limit });
+        }
+        state.topics.push(Cursor {
+            log,
+            next: cursor,
+            live_from: cursor,
+        });
+        // The body parks on the logs it reads: wake it to park on this one too.
+        let waker = state.waker.take();
+        drop(state);
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Ok(true)
+    }
+
+    /// Stops reading `topic` at once: what was published to it and not yet sent is not
+    /// sent. Returns its log, if it was subscribed.
+    /// Does nothing once it has closed: the close releases every log it reads.
+    pub(crate) fn unsubscribe(&self, topic: &str) -> Option<Arc<Log>> {
+        let mut state = self.state.lock();
+        if state.phase.reason().is_some() {
+            return None;
+        }
+        let i = state.position(topic)?;
+        let cursor = state.topics.swap_remove(i);
+        drop(state);
+        cursor.log.unpark(self.id.as_u64());
+        Some(cursor.log)
+    }
+
+    /// Forgets the body's task everywhere it is parked (the body went away).
+    pub(crate) fn unpark(&self) {
+        let state = self.state.lock();
+        for cursor in state.subs() {
+            cursor.log.unpark(self.id.as_u64());
+        }
+    }
+
+    /// The body's poll: the next batch of events in the order they were sent, or what to do
+    /// instead. Applies the backlog bound under `policy`.
+    pub(crate) fn next(&self, cx: &mut Context<'_>) -> Next {
+        loop {
+            let mut guard = self.state.lock();
+            let state = &mut *guard;
+            let until = match &state.phase {
+                Phase::Open => {
+                    if let Some(next) = self.bound(state) {
+                        return next;
+                    }
+                    u64::MAX
+                }
+                Phase::Draining(drain) => drain.until,
+                Phase::Ended {
+                    reason,
+                    abort: true,
+                } => return Next::Abort(*reason),
+                Phase::Ended { .. } => return Next::End,
+            };
+            if let Some(bytes) = state.read_batch(until).finish() {
+                return Next::Frame(bytes);
+            }
+            if let Phase::Draining(drain) = &mut state.phase {
+                let (reason, last) = (drain.reason, drain.last.take());
+                state.phase = Phase::Ended {
+                    reason,
+                    abort: false,
+                };
+                return last.map_or(Next::End, Next::Last);
+            }
+            // Nothing to send: wait for a send or a close, and for a publish to any log.
+            if !state
+                .waker
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                state.waker = Some(cx.waker().clone());
+            }
+            let id = self.id.as_u64();
+            // Parking takes each log's own lock, which nothing holds while taking ours.
+            // Every log, not just until one has news: each must hold the waker.
+            let mut missed = false;
+            for c in state.subs() {
+                missed |= c.log.park(id, c.next, cx.waker());
+            }
+            if !missed {
+                return Next::Pending;
+            }
+        }
+    }
+
+    /// The backlog bound, for an open connection: `Some` if the body must act first.
+    fn bound(&self, state: &mut State) -> Option<Next> {
+        let capacity = self.bound.capacity;
+        match self.bound.policy {
+            SlowConsumerPolicy::Disconnect => {
+                let fell_off = state.subs().any(|c| c.deficit() > 0);
+                (fell_off || state.live_backlog() > capacity).then_some(Next::Behind)
+            }
+            SlowConsumerPolicy::DropOldest => {
+                // Each log keeps to the bound on its own (the queue is bounded by `offer`).
+                // A reader still replaying that falls that far behind loses the rest of its
+                // replay with the live events it skips.
+                let mut skipped = 0;
+                for c in state.subs_mut() {
+                    let to = c.bounded_next(capacity);
+                    skipped += to - c.next;
+                    c.next = to;
+                }
+                if skipped == 0 {
+                    return None;
+                }
+                self.lagged.fetch_add(skipped, Ordering::Relaxed);
+                Some(Next::Skipped(skipped))
+            }
+        }
+    }
+}
+
+impl State {
+    fn subs(&self) -> impl Iterator<Item = &Cursor> {
+        std::iter::once(&self.all).chain(self.topics.iter())
+    }
+
+    fn subs_mut(&mut self) -> impl Iterator<Item = &mut Cursor> {
+        std::iter::once(&mut self.all).chain(self.topics.iter_mut())
+    }
+
+    fn position(&self, topic: &str) -> Option<usize> {
+        self.topics
+            .iter()
+            .position(|c| c.log.name().is_some_and(|n| &**n == topic))
+    }
+
+    /// The backlog the bound counts: the queue, and published events since it started
+    /// reading each log.
+    fn live_backlog(&self) -> u64 {
+        self.queue.len() as u64 + self.subs().map(Cursor::live_backlog).sum::<u64>()
+    }
+
+    /// Everything it can still send, replay included, under the backlog bound.
+    fn unsent(&self, capacity: u64) -> u64 {
+        let logs: u64 = match &self.phase {
+            Phase::Open => self.subs().map(|c| c.backlog(capacity)).sum(),
+            Phase::Draining(drain) => self.subs().map(|c| c.backlog_until(drain.until)).sum(),
+            Phase::Ended { .. } => return 0,
+        };
+        self.queue.len() as u64 + logs
+    }
+
+    /// Merges the logs and the queue in the order they were sent, up to one batch, taking
+    /// from the logs only entries numbered below `until`. Holds the read lock of every log
+    /// at once: a publish is only visible with every earlier one (see `Log::push`).
+    fn read_batch(&mut self, until: u64) -> Batch {
+        let mut batch = Batch::Empty;
+        let State {
+            all, topics, queue, ..
+        } = self;
+        if topics.is_empty() {
+            let mut sources = [Source::new(all)];
+            merge(&mut sources, queue, until, &mut batch);
+        } else {
+            let mut sources: Vec<Source<'_>> = std::iter::once(all)
+                .chain(topics.iter_mut())
+                .map(Source::new)
+                .collect();
+            merge(&mut sources, queue, until, &mut batch);
+        }
+        batch
+    }
+}
+
+/// One log being read, under its read lock, and the reader's position in it.
+struct Source<'a> {
+    entries: RwLockReadGuard<'a, Entries>,
+    next: &'a mut u64,
+}
+
+impl<'a> Source<'a> {
+    fn new(cursor: &'a mut Cursor) -> Self {
+        let Cursor { log, next, .. } = cursor;
+        let log: &'a Arc<Log> = log;
+        let entries = log.read();
+        // Entries the log dropped before they were read are accounted for by the bound.
+        *next = (*next).max(entries.start());
+        Source { entries, next }
+    }
+
+    /// The seq of the next entry, if it is numbered below `until`.
+    fn head(&self, until: u64) -> Option<u64> {
+        self.entries
+            .get(*self.next)
+            .map(|e| e.seq)
+            .filter(|&seq| seq < until)
+    }
+}
+
+fn merge(
+    sources: &mut [Source<'_>],
+    queue: &mut VecDeque<(u64, Bytes)>,
+    until: u64,
+    batch: &mut Batch,
+) {
+    while batch.len() < MAX_BATCH_BYTES {
+        let next_log = sources
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.head(until).map(|seq| (seq, i)))
+            .min();
+        let stamp = queue.front().map(|(stamp, _)| *stamp);
+        match next_log {
+            Some((seq, i)) if stamp.map_or(true, |stamp| seq < stamp) => {
+                let source = &mut sources[i];
+                if let Some(entry) = source.entries.get(*source.next) {
+                    batch.push(entry.event.as_bytes());
+                }
+                *source.next += 1;
+            }
+            _ => match queue.pop_front() {
+                Some((_, bytes)) => batch.push(&bytes),
+                None => return,
+            },
+        }
     }
 }
 
@@ -257,252 +609,8 @@ impl<M> fmt::Debug for Connection<M> {
         f.debug_struct("Connection")
             .field("id", &self.id)
             .field("key", &self.key)
-            .field("topics", &self.topics)
             .field("replay", &self.replay)
             .finish_non_exhaustive()
-    }
-}
-
-/// A handle to one connection: send to it, complete it, evict it, from anywhere.
-///
-/// Cloning is cheap. Holding a handle does not keep the connection open: when the client
-/// goes away, operations return [`SendError::Closed`] or `false`.
-pub struct ConnectionHandle<M = ()> {
-    pub(crate) conn: Arc<Connection<M>>,
-    pub(crate) shared: Arc<Shared<M>>,
-}
-
-impl<M> Clone for ConnectionHandle<M> {
-    fn clone(&self) -> Self {
-        ConnectionHandle {
-            conn: self.conn.clone(),
-            shared: self.shared.clone(),
-        }
-    }
-}
-
-impl<M> fmt::Debug for ConnectionHandle<M> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("ConnectionHandle").field(&self.conn).finish()
-    }
-}
-
-impl<M> std::ops::Deref for ConnectionHandle<M> {
-    type Target = Connection<M>;
-
-    fn deref(&self) -> &Connection<M> {
-        &self.conn
-    }
-}
-
-impl<M: Send + Sync + 'static> ConnectionHandle<M> {
-    /// Queues `event` for this connection only. Not recorded in the replay history.
-    ///
-    /// # Errors
-    ///
-    /// [`SendError::Closed`] if the connection closed or is completing,
-    /// [`SendError::SlowConsumer`] if its queue was full and the policy disconnected it.
-    pub fn send(&self, event: Event) -> Result<(), SendError> {
-        self.shared.send_to_conn(&self.conn, event.as_bytes())
-    }
-
-    /// Delivers what is queued, then ends the stream. Returns `false` if it had already
-    /// closed or was completing.
-    pub fn complete(&self) -> bool {
-        self.shared
-            .close(&self.conn, State::Draining(None), CloseReason::Completed)
-    }
-
-    /// Delivers what is queued, then `last`, then ends the stream.
-    pub fn complete_with(&self, last: Event) -> bool {
-        self.shared.close(
-            &self.conn,
-            State::Draining(Some(last.into_bytes())),
-            CloseReason::Completed,
-        )
-    }
-
-    /// Delivers what is queued, then the error event `error`, then ends the stream.
-    pub fn complete_with_error(&self, error: Event) -> bool {
-        self.shared.close(
-            &self.conn,
-            State::Draining(Some(error.into_bytes())),
-            CloseReason::CompletedWithError,
-        )
-    }
-
-    /// Ends the stream at once, discarding what is queued.
-    pub fn evict(&self) -> bool {
-        self.shared
-            .close(&self.conn, State::Ended, CloseReason::Evicted)
-    }
-
-    /// Whether the connection has closed (or is completing).
-    pub fn is_closed(&self) -> bool {
-        lock(&self.conn.queue).state != State::Open
-    }
-}
-
-/// The response body of one managed connection: an [`http_body::Body`] of the events
-/// queued for it.
-///
-/// Several queued events are handed to the server as one frame. Dropping the body (the
-/// server does so when the client goes away) removes the connection from the manager at
-/// once. Wrap the service in [`SseLayer`](crate::SseLayer) for heartbeats and timeouts.
-pub struct ConnectionBody<M: Send + Sync + 'static = ()> {
-    conn: Arc<Connection<M>>,
-    shared: Arc<Shared<M>>,
-    context: Option<SseContext>,
-    done: bool,
-}
-
-impl<M: Send + Sync + 'static> ConnectionBody<M> {
-    pub(crate) fn new(
-        conn: Arc<Connection<M>>,
-        shared: Arc<Shared<M>>,
-        context: Option<SseContext>,
-    ) -> Self {
-        ConnectionBody {
-            conn,
-            shared,
-            context,
-            done: false,
-        }
-    }
-
-    /// A `200 OK` response with the event-stream headers and this body.
-    pub fn into_response(self) -> http::Response<Self> {
-        crate::stream::event_stream_response(self)
-    }
-
-    /// The connection's id.
-    pub fn id(&self) -> ConnectionId {
-        self.conn.id
-    }
-}
-
-impl<M: Send + Sync + 'static> fmt::Debug for ConnectionBody<M> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ConnectionBody")
-            .field("id", &self.conn.id)
-            .field("done", &self.done)
-            .finish()
-    }
-}
-
-impl<M: Send + Sync + 'static> Body for ConnectionBody<M> {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = self.get_mut();
-        loop {
-            if this.done {
-                return Poll::Ready(None);
-            }
-            let mut q = lock(&this.conn.queue);
-            let limit = match q.state {
-                State::Open => u64::MAX,
-                State::Draining(_) => q.drain_until,
-                State::Ended => {
-                    this.done = true;
-                    return Poll::Ready(None);
-                }
-            };
-            let mut cursor = this.conn.cursor.load(Ordering::Relaxed);
-            let mut batch = Batch::Empty;
-            let mut own = 0;
-            {
-                let ring = this.conn.broadcast.read();
-                let start = ring.start().min(limit);
-                if cursor < start {
-                    // Published events this connection never sent are gone from the ring.
-                    let missed = start - cursor;
-                    drop(ring);
-                    drop(q);
-                    if this.shared.lagged(&this.conn, missed) {
-                        this.conn.cursor.store(cursor + missed, Ordering::Relaxed);
-                        continue;
-                    }
-                    this.done = true;
-                    return Poll::Ready(None);
-                }
-                let ring_end = ring.end().min(limit);
-                // Merge the two sources in the order they were sent, up to one batch.
-                while batch.len() < MAX_BATCH_BYTES {
-                    let stamp = q.events.front().map(|(stamp, _)| *stamp);
-                    if cursor < ring_end && stamp.map_or(true, |s| cursor < s) {
-                        if let Some(bytes) = ring.get(cursor) {
-                            batch.push(bytes);
-                        }
-                        cursor += 1;
-                    } else if let Some((_, bytes)) = q.events.pop_front() {
-                        batch.push(&bytes);
-                        own += 1;
-                    } else {
-                        break;
-                    }
-                }
-            }
-            this.conn.cursor.store(cursor, Ordering::Relaxed);
-            if let Some(data) = batch.finish() {
-                q.replay_allowance = q.replay_allowance.saturating_sub(own);
-                drop(q);
-                this.conn.last_write_ms.store(
-                    this.shared.clock_ms.load(Ordering::Relaxed),
-                    Ordering::Relaxed,
-                );
-                return Poll::Ready(Some(Ok(Frame::data(data))));
-            }
-            // Still under the lock that saw it `Open` or `Draining` above.
-            if let State::Draining(last) = &mut q.state {
-                let last = last.take();
-                q.state = State::Ended;
-                drop(q);
-                return match last {
-                    Some(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
-                    None => {
-                        this.done = true;
-                        Poll::Ready(None)
-                    }
-                };
-            }
-            if !q.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                q.waker = Some(cx.waker().clone());
-            }
-            drop(q);
-            // Parked on the ring too; read again if a publish slipped in meanwhile.
-            if this.conn.broadcast.park(this.conn.id.0, cursor, cx.waker()) {
-                continue;
-            }
-            return Poll::Pending;
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.done
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
-    }
-}
-
-impl<M: Send + Sync + 'static> Drop for ConnectionBody<M> {
-    fn drop(&mut self) {
-        self.conn.broadcast.unpark(self.conn.id.0);
-        // The stream is over for whatever reason: make sure the manager forgets it now.
-        let reason = match self.context.as_ref().map(SseContext::end) {
-            Some(StreamEnd::IdleTimeout) => CloseReason::IdleTimeout,
-            Some(StreamEnd::Lifetime) => CloseReason::Lifetime,
-            Some(StreamEnd::Cancelled) => CloseReason::Shutdown,
-            _ => CloseReason::ClientGone,
-        };
-        // If it was completing when the client left, this frees what it still held.
-        self.shared.close_or_discard(&self.conn, reason);
     }
 }
 

@@ -1,5 +1,6 @@
 //! [`ConnectionManager`]: track every open stream, send to one, a key, a topic or all,
-//! complete and evict, replay by `Last-Event-ID`, in any framework.
+//! complete and evict, change topics at runtime, replay by `Last-Event-ID`, in any
+//! framework.
 //!
 //! # Example
 //!
@@ -10,7 +11,7 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-//! let manager: ConnectionManager = ConnectionManager::new();
+//! let manager = ConnectionManager::new();
 //!
 //! // In a handler: register the client and answer with its body.
 //! let (handle, body) = manager.connect(Connect::new().key("user-7").topic("prices"))?;
@@ -21,17 +22,21 @@
 //! manager.publish_topic("prices", Event::message("EUR 1.08"))?;
 //! manager.send_to_key("user-7", Event::message("just for you"))?;
 //!
-//! // Complete it from anywhere: queued events are delivered, then the last one, then the end.
+//! // Topics change while the stream is open.
+//! handle.subscribe("news")?;
+//! manager.publish_topic("news", Event::message("extra"))?;
+//!
+//! // Complete it from anywhere: what was sent is delivered, then the last event, then the end.
 //! handle.complete_with(Event::builder().event("end").data("").build()?);
 //! assert_eq!(
 //!     handle.send(Event::message("too late")),
-//!     Err(SendError::Closed { reason: Some(CloseReason::Completed) })
+//!     Err(SendError::Closed(CloseReason::Completed))
 //! );
 //!
 //! let bytes = response.into_body().collect().await?.to_bytes();
 //! let text = String::from_utf8(bytes.to_vec())?;
 //! assert!(text.contains("data: to everyone\n\n"));
-//! assert!(text.ends_with("data: just for you\n\nevent: end\ndata: \n\n"));
+//! assert!(text.ends_with("data: extra\n\nevent: end\ndata: \n\n"));
 //! assert!(manager.is_empty());
 //! # Ok(())
 //! # }
@@ -39,39 +44,78 @@
 //!
 //! # How it behaves
 //!
-//! - **Never waits on a client.** [`publish`](ConnectionManager::publish) puts the event once
-//!   into a bounded ring that every connection reads at its own position (as
-//!   `tokio::sync::broadcast` does): its cost does not grow with the number of connections.
-//!   Sends to a key, a topic, a filter or one connection go to that connection's own queue,
-//!   stamped so that each connection still sends everything in the order it was sent.
+//! - **Never waits on a client.** [`publish`](ConnectionManager::publish) and
+//!   [`publish_topic`](ConnectionManager::publish_topic) put the event once into a bounded
+//!   log (one for everything published to all, one per topic) that every subscribed
+//!   connection reads at its own position, as `tokio::sync::broadcast` does: their cost does
+//!   not grow with the number of readers. Sends to a key, a filter or one connection go to
+//!   that connection's own queue, stamped so that each connection still sends everything in
+//!   the order it was sent, across all its topics.
 //! - **Bounded memory per client.** A connection's backlog (its queue plus the published
-//!   events it has not sent) is bounded by the queue capacity. When it is exceeded the
-//!   [`SlowConsumerPolicy`] applies: disconnect (the default: the client reconnects and
-//!   catches up by replay; a client that stopped reading is found on the publish it can no
-//!   longer hold) or drop the oldest events and count the lag.
+//!   events it has not sent) is bounded by the queue capacity. Past it the
+//!   [`SlowConsumerPolicy`] applies: disconnect (the default; the stream ends with an error
+//!   so the server drops a client that stopped reading, and the client catches up by replay
+//!   when it comes back) or skip the oldest events and count the lag.
+//! - **Replay is a position, not a copy.** A client that reconnects with `Last-Event-ID`
+//!   starts reading the same logs further back: replay costs a connection nothing beyond its
+//!   positions, and the logs are bounded by count per topic and by bytes and age across all
+//!   of them ([`ManagerBuilder::replay`], [`ManagerBuilder::history_bytes`]). It gets exactly
+//!   what it missed on the topics it is on now, then the live stream, with no gap and no
+//!   duplicate. An unknown, invalid or expired id, or one after which something was
+//!   dropped, gets an explicit gap event, then live events.
+//! - **Topics at runtime.** [`ConnectionHandle::subscribe`] and
+//!   [`unsubscribe`](ConnectionHandle::unsubscribe) (or by key,
+//!   [`ConnectionManager::subscribe_key`]) take effect at once: events published to the
+//!   topic after the call are sent, none from before; after an unsubscribe nothing more of
+//!   the topic is sent, even what was published before but not yet written. A topic's state
+//!   is freed when its last subscriber has left and its history has gone (dropped by the
+//!   bounds, checked on publishes and on [`evict_idle`](ConnectionManager::evict_idle)).
 //! - **Encoded once.** One event sent to 100,000 connections is one buffer.
 //! - **Coalesced writes.** Events waiting together leave the body as one frame.
 //! - **Cleaned up at once.** When the server drops a [`ConnectionBody`] (the client went
 //!   away), the connection leaves every index and its hook fires; no sweeper is needed.
-//! - **Replay without a seam.** Publishing and registration take the same lock, so a client
-//!   that reconnects with `Last-Event-ID` gets exactly what it missed, then the live
-//!   stream, with no gap and no duplicate. An unknown or expired id gets an explicit gap
-//!   event. Only [`publish`](ConnectionManager::publish) and
-//!   [`publish_topic`](ConnectionManager::publish_topic) are recorded; sends to a key, a
-//!   filter or one connection are personal and are not replayed.
 //! - **One close, one reason.** Every connection closes exactly once with a
-//!   [`CloseReason`], and every operation on a closed connection returns a result that says
-//!   so. Nothing panics.
+//!   [`CloseReason`], seen by the `on_close` hook and by [`ConnectionHandle::closed`], and
+//!   every operation on a closed connection returns a result that says so. Nothing panics.
+//! - **No user code under a lock.** Hooks and filters run with no lock of the crate held,
+//!   so they may call the manager; wake-ups happen after the locks are released.
+//!
+//! # Replay across topic changes
+//!
+//! A client's `Last-Event-ID` is a position in one order of every publish. A client that
+//! reconnects with the topics it is on now (for example in its URL) gets every event of
+//! those topics, and of everything published to all, published after that id and still in
+//! the history: also for topics it was not on before. If any such event has been dropped
+//! meanwhile, it gets the gap event instead of a silent hole.
 
+mod body;
+mod builder;
+mod config;
+mod connect;
 mod connection;
-mod core;
-mod history;
-mod ring;
+mod error;
+mod handle;
+mod hub;
+mod log;
+#[allow(clippy::module_inception)]
+mod manager;
+mod registry;
+mod stats;
+mod store;
+mod sync;
 mod types;
 
-pub use self::connection::{Connection, ConnectionBody, ConnectionHandle};
-pub use self::core::{ConnectionManager, ManagerBuilder};
+#[cfg(feature = "axum")]
+mod axum;
+
+pub use self::body::ConnectionBody;
+pub use self::builder::ManagerBuilder;
+pub use self::connect::Connect;
+pub use self::connection::Connection;
+pub use self::error::{ConnectError, SendError, StreamAborted, SubscribeError};
+pub use self::handle::ConnectionHandle;
+pub use self::manager::ConnectionManager;
+pub use self::stats::Stats;
 pub use self::types::{
-    CloseReason, Connect, ConnectError, ConnectionId, Delivery, Replay, SendError,
-    SlowConsumerPolicy, Stats,
+    CloseReason, Completion, ConnectionId, Delivery, Replay, SlowConsumerPolicy,
 };

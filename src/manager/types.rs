@@ -1,23 +1,42 @@
-use std::collections::HashMap;
+//! The manager's vocabulary: who a connection is, how it ends, and what a send did.
+
 use std::fmt;
 use std::sync::Arc;
 
-use crate::{LastEventId, SseContext};
+use crate::Event;
 
-/// A connection's unique id within its manager. Never reused.
+/// A connection's id: unique within its manager, never reused.
+///
+/// When several managers form one hub, the id also names the instance that holds the
+/// connection, so a send to it can be routed there instead of broadcast.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnectionId(pub(crate) u64);
+pub struct ConnectionId {
+    instance: u32,
+    seq: u64,
+}
 
 impl ConnectionId {
-    /// The id as a number.
+    pub(crate) fn new(instance: u32, seq: u64) -> Self {
+        ConnectionId { instance, seq }
+    }
+
+    /// The connection's number within its instance.
     pub fn as_u64(self) -> u64 {
-        self.0
+        self.seq
+    }
+
+    /// The instance that holds the connection: 0 for a manager without a backplane.
+    pub fn instance(self) -> u32 {
+        self.instance
     }
 }
 
 impl fmt::Display for ConnectionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0, f)
+        match self.instance {
+            0 => fmt::Display::fmt(&self.seq, f),
+            i => write!(f, "{i:08x}-{}", self.seq),
+        }
     }
 }
 
@@ -25,10 +44,10 @@ impl fmt::Display for ConnectionId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum CloseReason {
-    /// Completed by [`complete`](super::ConnectionHandle::complete): queued events and the
-    /// final event were delivered, then the stream ended.
+    /// Completed ([`Completion::new`], [`Completion::with`]): queued events and the last
+    /// event were delivered, then the stream ended.
     Completed,
-    /// Completed by [`complete_with_error`](super::ConnectionHandle::complete_with_error).
+    /// Completed with an error event ([`Completion::error`]).
     CompletedWithError,
     /// The client went away (the server dropped the body).
     ClientGone,
@@ -37,16 +56,22 @@ pub enum CloseReason {
     IdleTimeout,
     /// The [`SseLayer`](crate::SseLayer)'s maximum lifetime was reached.
     Lifetime,
-    /// Ended at once by [`evict`](super::ConnectionHandle::evict).
+    /// Ended at once by an `evict` call.
     Evicted,
-    /// Its queue was full and the policy is [`SlowConsumerPolicy::Disconnect`].
+    /// Too far behind: its backlog exceeded the queue capacity and the policy is
+    /// [`SlowConsumerPolicy::Disconnect`]. The body ends with an error, so the server aborts
+    /// the connection instead of waiting to write to a client that does not read.
     SlowConsumer,
     /// The manager, or the layer's shutdown token, shut it down.
     Shutdown,
+    /// The handler cancelled the stream's own token
+    /// ([`SseContext::cancellation_token`](crate::SseContext::cancellation_token)).
+    Cancelled,
 }
 
 impl CloseReason {
-    pub(crate) const ALL: [CloseReason; 8] = [
+    /// Every reason, in declaration order.
+    pub const ALL: [CloseReason; 9] = [
         CloseReason::Completed,
         CloseReason::CompletedWithError,
         CloseReason::ClientGone,
@@ -55,6 +80,7 @@ impl CloseReason {
         CloseReason::Evicted,
         CloseReason::SlowConsumer,
         CloseReason::Shutdown,
+        CloseReason::Cancelled,
     ];
 
     pub(crate) fn index(self) -> usize {
@@ -72,6 +98,7 @@ impl CloseReason {
             CloseReason::Evicted => "evicted",
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::Cancelled => "cancelled",
         }
     }
 }
@@ -82,7 +109,7 @@ impl fmt::Display for CloseReason {
     }
 }
 
-/// What to do when a connection's queue is full.
+/// What to do with a connection that falls too far behind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum SlowConsumerPolicy {
@@ -90,8 +117,8 @@ pub enum SlowConsumerPolicy {
     /// catches up by `Last-Event-ID` from the replay history. The default.
     #[default]
     Disconnect,
-    /// Drop the connection's oldest queued event to make room, and count it as lagged
-    /// ([`Connection::lagged`](super::Connection::lagged), [`Stats::lagged`]).
+    /// Skip the connection's oldest events to make room, and count them as lagged
+    /// ([`Connection::lagged`](super::Connection::lagged), [`Stats::lagged`](super::Stats)).
     DropOldest,
 }
 
@@ -101,167 +128,14 @@ pub enum SlowConsumerPolicy {
 pub enum Replay {
     /// The client sent no `Last-Event-ID`.
     Fresh,
-    /// The client's last id was found: this many missed events were queued first.
+    /// The client's last id was found: this many missed events are sent first.
     Resumed(usize),
-    /// The client's last id is unknown or older than the history: the gap event was sent,
-    /// then this many events (the gap event not counted), everything the history holds.
+    /// The client's last id is unknown, invalid or too old, or events it missed are no
+    /// longer held: the gap event is sent first, then this many of the newest events
+    /// ([`ManagerBuilder::replay_after_gap`](super::ManagerBuilder::replay_after_gap); the
+    /// gap event not counted), then the live stream.
     Gap(usize),
 }
-
-/// Options for [`ConnectionManager::connect`](super::ConnectionManager::connect).
-///
-/// ```
-/// use tower_sse::manager::Connect;
-///
-/// let options = Connect::new().key("user-7").topic("prices").topic("news");
-/// # let _ = options;
-/// ```
-#[must_use]
-pub struct Connect<M = ()> {
-    pub(crate) key: Option<Arc<str>>,
-    pub(crate) topics: Vec<Arc<str>>,
-    pub(crate) meta: M,
-    pub(crate) last_event_id: Option<LastEventId>,
-    pub(crate) context: Option<SseContext>,
-}
-
-impl Connect<()> {
-    /// A connection with no key, no topic and no metadata. For a manager with metadata,
-    /// start from [`with_meta`](Self::with_meta).
-    pub fn new() -> Self {
-        Self::with_meta(())
-    }
-}
-
-impl<M: Default> Default for Connect<M> {
-    fn default() -> Self {
-        Self::with_meta(M::default())
-    }
-}
-
-impl<M> Connect<M> {
-    /// A connection carrying `meta`, which filters can read
-    /// ([`ConnectionManager::send_filter`](super::ConnectionManager::send_filter)).
-    pub fn with_meta(meta: M) -> Self {
-        Connect {
-            key: None,
-            topics: Vec::new(),
-            meta,
-            last_event_id: None,
-            context: None,
-        }
-    }
-
-    /// Groups the connection under `key` (a user, a session, a token). A key may have
-    /// several connections, such as browser tabs.
-    pub fn key(mut self, key: impl Into<Arc<str>>) -> Self {
-        self.key = Some(key.into());
-        self
-    }
-
-    /// Subscribes the connection to `topic`.
-    pub fn topic(mut self, topic: impl Into<Arc<str>>) -> Self {
-        self.topics.push(topic.into());
-        self
-    }
-
-    /// Replays what the client missed after `id` (see the manager's replay settings).
-    pub fn last_event_id(mut self, id: Option<LastEventId>) -> Self {
-        self.last_event_id = id;
-        self
-    }
-
-    /// Takes the `Last-Event-ID` and the stream's fate from the [`SseLayer`](crate::SseLayer)'s
-    /// request extension, so the close reason names the layer's idle timeout, lifetime or
-    /// shutdown. An invalid `Last-Event-ID` counts as none.
-    pub fn context(mut self, context: &SseContext) -> Self {
-        if let Ok(Some(id)) = context.last_event_id() {
-            self.last_event_id = Some(id.clone());
-        }
-        self.context = Some(context.clone());
-        self
-    }
-}
-
-impl<M> fmt::Debug for Connect<M> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Connect")
-            .field("key", &self.key)
-            .field("topics", &self.topics)
-            .field("last_event_id", &self.last_event_id)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Why a connection was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ConnectError {
-    /// The manager is shutting down.
-    ShutDown,
-    /// The manager holds its maximum number of connections.
-    TooManyConnections {
-        /// The limit.
-        limit: usize,
-    },
-    /// The key holds its maximum number of connections.
-    TooManyForKey {
-        /// The limit.
-        limit: usize,
-    },
-}
-
-impl fmt::Display for ConnectError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ConnectError::ShutDown => f.write_str("the connection manager is shutting down"),
-            ConnectError::TooManyConnections { limit } => {
-                write!(
-                    f,
-                    "the connection manager already holds {limit} connections"
-                )
-            }
-            ConnectError::TooManyForKey { limit } => {
-                write!(f, "this key already holds {limit} connections")
-            }
-        }
-    }
-}
-
-impl std::error::Error for ConnectError {}
-
-/// Why an event was not sent to a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum SendError {
-    /// The connection is closed, or closing after `complete`; nothing was queued.
-    Closed {
-        /// Why it closed, if it has.
-        reason: Option<CloseReason>,
-    },
-    /// No connection with that id is open.
-    NotFound,
-    /// The queue was full and the policy disconnected the client.
-    SlowConsumer,
-    /// The manager is shutting down.
-    ShutDown,
-}
-
-impl fmt::Display for SendError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SendError::Closed { reason: Some(r) } => write!(f, "connection is closed ({r})"),
-            SendError::Closed { reason: None } => f.write_str("connection is closing"),
-            SendError::NotFound => f.write_str("no such open connection"),
-            SendError::SlowConsumer => {
-                f.write_str("connection's queue was full; it was disconnected")
-            }
-            SendError::ShutDown => f.write_str("the connection manager is shutting down"),
-        }
-    }
-}
-
-impl std::error::Error for SendError {}
 
 /// The outcome of a send to several connections.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -275,27 +149,79 @@ pub struct Delivery {
     pub disconnected: usize,
 }
 
-/// A snapshot of the manager's counters. See
-/// [`ConnectionManager::stats`](super::ConnectionManager::stats).
+/// How a completed stream ends: what is queued is delivered, then the last event if there is
+/// one, then the end.
+///
+/// Every `complete` call of the manager and of [`ConnectionHandle`](super::ConnectionHandle)
+/// takes one, or anything that converts into one: an [`Event`] (the last event), or an
+/// `Option<Event>`.
+///
+/// ```
+/// use tower_sse::manager::Completion;
+/// use tower_sse::Event;
+///
+/// let plain = Completion::new();
+/// let with_last = Completion::with(Event::message("bye"));
+/// let failed = Completion::error(Event::builder().event("error").data("db down").build()?);
+/// # let _ = (plain, with_last, failed);
+/// # Ok::<(), tower_sse::EventError>(())
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Stats {
-    /// Connections open now.
-    pub open: usize,
-    /// Connections open now per topic.
-    pub open_per_topic: HashMap<String, usize>,
-    /// Connections opened since the start.
-    pub connected: u64,
-    /// Events sent through the manager: each publish counts once, and each send to one
-    /// connection that was queued. Refused sends do not count.
-    pub events: u64,
-    /// Events queued for a connection (one event sent to 1,000 connections counts 1,000).
-    pub deliveries: u64,
-    /// Queued events discarded: dropped for lag, or still queued when a connection was
-    /// evicted or went away.
-    pub dropped: u64,
-    /// Events dropped under [`SlowConsumerPolicy::DropOldest`].
-    pub lagged: u64,
-    /// Connections closed, per reason.
-    pub closed: HashMap<CloseReason, u64>,
+#[must_use]
+pub struct Completion {
+    pub(crate) last: Option<Event>,
+    pub(crate) reason: Completed,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum Completed {
+    #[default]
+    Ok,
+    Error,
+}
+
+impl Completion {
+    /// Queued events, then the end ([`CloseReason::Completed`]).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Queued events, then `last`, then the end ([`CloseReason::Completed`]).
+    pub fn with(last: Event) -> Self {
+        Completion {
+            last: Some(last),
+            reason: Completed::Ok,
+        }
+    }
+
+    /// Queued events, then the error event `event`, then the end
+    /// ([`CloseReason::CompletedWithError`]).
+    pub fn error(event: Event) -> Self {
+        Completion {
+            last: Some(event),
+            reason: Completed::Error,
+        }
+    }
+
+    pub(crate) fn close_reason(&self) -> CloseReason {
+        match self.reason {
+            Completed::Ok => CloseReason::Completed,
+            Completed::Error => CloseReason::CompletedWithError,
+        }
+    }
+}
+
+impl From<Event> for Completion {
+    fn from(last: Event) -> Self {
+        Completion::with(last)
+    }
+}
+
+impl From<Option<Event>> for Completion {
+    fn from(last: Option<Event>) -> Self {
+        Completion {
+            last,
+            reason: Completed::Ok,
+        }
+    }
 }
