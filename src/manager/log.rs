@@ -225,6 +225,18 @@ impl Log {
         size
     }
 
+    /// Drops every entry. Returns the bytes and the number of entries dropped.
+    pub(crate) fn clear(&self) -> (usize, usize) {
+        let mut entries = self.entries.write();
+        let (mut bytes, mut count) = (0, 0);
+        while let Some(e) = entries.pop_front() {
+            bytes += e.size();
+            count += 1;
+        }
+        self.start.store(entries.start(), Ordering::Release);
+        (bytes, count)
+    }
+
     /// Whether the entry `seq`, pushed to this log, is still held (entries only ever leave
     /// from the front).
     pub(crate) fn holds(&self, seq: u64) -> bool {

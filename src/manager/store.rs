@@ -236,9 +236,21 @@ impl Store {
         (log, cursor)
     }
 
-    /// One subscriber left `log`: frees it if it was the last and nothing is held.
+    /// One subscriber left `log`: frees it if it was the last and nothing is held for
+    /// replay (without replay, what it holds could only have been read by its subscribers).
     pub(crate) fn unsubscribe(&self, log: &Arc<Log>) {
-        if log.remove_subscriber() == 0 && log.name().is_some() && log.is_empty() {
+        if log.remove_subscriber() > 0 || log.name().is_none() {
+            return;
+        }
+        if !self.limits.replay {
+            let mut p = self.publishing.lock();
+            if log.subscribers() == 0 {
+                let (bytes, count) = log.clear();
+                p.bytes -= bytes;
+                p.live -= count;
+            }
+            self.free_if_unused(log);
+        } else if log.is_empty() {
             let _p = self.publishing.lock();
             self.free_if_unused(log);
         }
