@@ -159,6 +159,38 @@ impl Event {
             id: Some((4, id.len() as u32)),
         }
     }
+
+    /// The same event without its `id` field, if it has one.
+    pub(crate) fn without_id(&self) -> Event {
+        let Some((start, len)) = self.id else {
+            return self.clone();
+        };
+        let (start, end) = (start as usize, (start + len) as usize);
+        // The field is `id: VALUE\n`: four bytes before the value, one after.
+        match (
+            self.bytes.get(..start.saturating_sub(4)),
+            self.bytes.get(end + 1..),
+        ) {
+            (Some(before), Some(after)) => {
+                let mut buf = BytesMut::with_capacity(before.len() + after.len());
+                buf.extend_from_slice(before);
+                buf.extend_from_slice(after);
+                Event {
+                    bytes: buf.freeze(),
+                    id: None,
+                }
+            }
+            _ => self.clone(),
+        }
+    }
+
+    /// An event this crate encoded (without an id), carried by a broker as bytes: `None` if
+    /// they do not end an event.
+    pub(crate) fn from_encoded(bytes: Bytes) -> Option<Event> {
+        bytes
+            .ends_with(b"\n\n")
+            .then_some(Event { bytes, id: None })
+    }
 }
 
 impl From<Event> for Bytes {

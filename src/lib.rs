@@ -22,11 +22,13 @@
 //!   topic or all; complete, evict, replay by `Last-Event-ID`.
 //! - [`stream`]: [`response`], any `Stream` of events as an `http::Response`.
 //! - [`last_event_id`]: the reconnecting client's `Last-Event-ID`, validated.
+//! - [`backplane`]: several managers as one hub (Redis, with the `redis` feature).
 //!
 //! [Server-Sent Events]: https://html.spec.whatwg.org/multipage/server-sent-events.html
 //! [tower]: https://docs.rs/tower
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod backplane;
 pub mod event;
 pub mod last_event_id;
 pub mod layer;

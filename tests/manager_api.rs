@@ -90,7 +90,7 @@ fn filters_may_call_back_into_the_manager() {
             }
             false
         });
-        assert_eq!(evicted, 0);
+        assert_eq!(evicted, Ok(0));
         assert_eq!(m.len(), 4);
 
         // Completing from a filter that sends to a key meanwhile.
@@ -99,7 +99,7 @@ fn filters_may_call_back_into_the_manager() {
             |c| inner.send_to_key("k", Event::message("y")).is_ok() && c.key() == Some("k"),
             Completion::new(),
         );
-        assert_eq!(completed, 4);
+        assert_eq!(completed, Ok(4));
         drop((conns, late));
         assert!(m.is_empty());
     });
@@ -228,18 +228,22 @@ async fn every_operation_by_id_key_topic_and_filter() {
     );
 
     // Complete by id with a last event; by topic; evict by id and by key.
-    assert!(m.complete(a.id(), Event::message("bye a")));
-    assert!(!m.complete(a.id(), Completion::new()), "only once");
+    assert_eq!(m.complete(a.id(), Event::message("bye a")), Ok(true));
+    assert_eq!(
+        m.complete(a.id(), Completion::new()),
+        Ok(false),
+        "only once"
+    );
     assert_eq!(data(&mut a_body), ["bye a"]);
     assert_eq!(
         m.complete_topic("t", Completion::new()),
-        1,
+        Ok(1),
         "c; a is closed"
     );
-    assert!(m.evict(d.id()));
-    assert!(!m.evict(d.id()));
-    assert_eq!(m.evict_key("u"), 1, "b");
-    assert_eq!(m.evict_topic("t"), 0);
+    assert_eq!(m.evict(d.id()), Ok(true));
+    assert_eq!(m.evict(d.id()), Ok(false));
+    assert_eq!(m.evict_key("u"), Ok(1), "b");
+    assert_eq!(m.evict_topic("t"), Ok(0));
     for (h, reason) in [
         (&a, CloseReason::Completed),
         (&b, CloseReason::Evicted),
@@ -251,8 +255,8 @@ async fn every_operation_by_id_key_topic_and_filter() {
     }
     assert!(m.is_empty());
     // The old shape still reads naturally.
-    assert_eq!(m.complete_key("u", None), 0);
-    assert_eq!(m.complete_key("u", Some(Event::message("x"))), 0);
+    assert_eq!(m.complete_key("u", None), Ok(0));
+    assert_eq!(m.complete_key("u", Some(Event::message("x"))), Ok(0));
 }
 
 #[tokio::test]

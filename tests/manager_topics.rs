@@ -220,7 +220,7 @@ async fn hooks_see_subscription_changes_by_handle_and_by_key() {
     assert_eq!(ready(&mut b_body), ["hi"]);
     assert!(ready(&mut c_body).is_empty());
     assert!(a.unsubscribe("room"));
-    assert_eq!(m.unsubscribe_key("u", "room"), 1);
+    assert_eq!(m.unsubscribe_key("u", "room"), Ok(1));
     assert_eq!(
         *log.lock().unwrap(),
         [

@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::broker::Backplane;
 use super::config::Config;
 use super::connection::Connection;
 use super::types::{CloseReason, SlowConsumerPolicy};
@@ -127,6 +128,14 @@ impl<M: Send + Sync + 'static> ManagerBuilder<M> {
     /// too old (default: an event of type `gap` with empty data). `None` sends nothing.
     pub fn gap_event(mut self, event: Option<Event>) -> Self {
         self.config.gap_event = event;
+        self
+    }
+
+    /// Joins this manager to every other manager on the same backplane, so that they
+    /// behave as one hub: publishes, sends and completions by key, topic or connection id
+    /// reach every instance, and ids and history are shared. See the `backplane` module.
+    pub fn backplane(mut self, backplane: impl Into<Backplane>) -> Self {
+        self.config.backplane = Some(backplane.into().engine);
         self
     }
 

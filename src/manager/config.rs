@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::broker::Engine;
 use super::connection::Connection;
 use super::registry::Caps;
 use super::store::Limits;
@@ -73,6 +74,8 @@ pub(crate) struct Config<M> {
     pub(crate) gap_event: Option<Event>,
     pub(crate) history: History,
     pub(crate) hooks: Hooks<M>,
+    /// Joins this manager to others through a broker.
+    pub(crate) backplane: Option<Arc<dyn Engine>>,
 }
 
 impl<M> Default for Config<M> {
@@ -86,6 +89,7 @@ impl<M> Default for Config<M> {
             gap_event: Event::builder().event("gap").data("").build().ok(),
             history: History::default(),
             hooks: Hooks::default(),
+            backplane: None,
         }
     }
 }
@@ -100,6 +104,7 @@ impl<M> fmt::Debug for Config<M> {
             .field("auto_ids", &self.auto_ids)
             .field("history", &self.history)
             .field("hooks", &self.hooks)
+            .field("backplane", &self.backplane)
             .finish_non_exhaustive()
     }
 }

@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use super::broker::BackplaneError;
 use super::types::CloseReason;
 
 /// Why a connection was refused.
@@ -73,6 +74,14 @@ pub enum SendError {
     SlowConsumer,
     /// The manager is shutting down.
     ShutDown,
+    /// The backplane did not take the event; nothing was sent anywhere.
+    Backplane(BackplaneError),
+}
+
+impl From<BackplaneError> for SendError {
+    fn from(e: BackplaneError) -> Self {
+        SendError::Backplane(e)
+    }
 }
 
 impl fmt::Display for SendError {
@@ -84,11 +93,19 @@ impl fmt::Display for SendError {
                 f.write_str("connection's backlog was full; it was disconnected")
             }
             SendError::ShutDown => f.write_str("the connection manager is shutting down"),
+            SendError::Backplane(e) => fmt::Display::fmt(e, f),
         }
     }
 }
 
-impl std::error::Error for SendError {}
+impl std::error::Error for SendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SendError::Backplane(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// Why a subscription was not changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +120,18 @@ pub enum SubscribeError {
     },
     /// The manager is shutting down.
     ShutDown,
+    /// The backplane did not take the change.
+    Backplane(BackplaneError),
+}
+
+impl From<SendError> for SubscribeError {
+    fn from(e: SendError) -> Self {
+        match e {
+            SendError::Backplane(e) => SubscribeError::Backplane(e),
+            SendError::Closed(reason) => SubscribeError::Closed(reason),
+            _ => SubscribeError::ShutDown,
+        }
+    }
 }
 
 impl fmt::Display for SubscribeError {
@@ -113,6 +142,7 @@ impl fmt::Display for SubscribeError {
                 write!(f, "a connection may subscribe to at most {limit} topics")
             }
             SubscribeError::ShutDown => f.write_str("the connection manager is shutting down"),
+            SubscribeError::Backplane(e) => fmt::Display::fmt(e, f),
         }
     }
 }

@@ -6,11 +6,12 @@
 //! its parked set); the store's publishing lock, then its topic map, then a log's lock.
 //! Nothing takes the registry or the publishing lock while holding a connection's or a log's.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use super::broker::{Engine, Op, Sink, Target};
 use super::config::Config;
 use super::connect::{Connect, Resume};
 use super::connection::{Bound, Connection, Ending, Offer};
@@ -18,13 +19,15 @@ use super::error::{ConnectError, SendError, SubscribeError};
 use super::log::Log;
 use super::registry::Registry;
 use super::stats::Counters;
-use super::store::{ResumeFrom, Store};
+use super::store::{Ids, ResumeFrom, Store};
 use super::sync::{AtomicBool, AtomicU64, Ordering};
 use super::types::{CloseReason, Completion, ConnectionId, Delivery, Replay, SlowConsumerPolicy};
 use crate::Event;
 
 pub(crate) struct Hub<M> {
     pub(crate) config: Config<M>,
+    /// This manager's number among those joined by a backplane (0 without one).
+    instance: u32,
     pub(crate) registry: Registry<M>,
     pub(crate) store: Store,
     pub(crate) counters: Counters,
@@ -40,11 +43,16 @@ impl<M> Hub<M> {
     pub(crate) fn new(config: Config<M>) -> Self {
         // Automatic ids start from the creation time in microseconds since the Unix epoch,
         // so ids from an earlier process are never mistaken for new ones.
-        let id_base = std::time::SystemTime::now()
+        let base = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64);
-        let store = Store::new(config.limits(), id_base);
+        let (ids, instance) = match &config.backplane {
+            Some(engine) => (Ids::Broker, engine.instance()),
+            None => (Ids::Local { base }, 0),
+        };
+        let store = Store::new(config.limits(), ids);
         Hub {
+            instance,
             config,
             registry: Registry::default(),
             store,
@@ -102,7 +110,7 @@ impl<M> Hub<M> {
                 limit: self.config.max_topics,
             });
         }
-        let id = ConnectionId::new(0, self.next_id.fetch_add(1, Ordering::Relaxed));
+        let id = ConnectionId::new(self.instance, self.next_id.fetch_add(1, Ordering::Relaxed));
         let now = Instant::now();
         let now_ms = self.tick(now);
         let from = match &resume {
@@ -160,23 +168,37 @@ impl<M> Hub<M> {
     }
 
     /// Publishes `event` to everyone (`None`) or to a topic's subscribers, through the
-    /// topic's log: one push, whatever the number of readers.
+    /// topic's log: one push, whatever the number of readers. With a backplane, hands it to
+    /// the broker instead: every instance records it when it comes back.
     pub(crate) fn publish(&self, topic: Option<&str>, event: Event) -> Result<Delivery, SendError> {
         if self.is_closing() {
             return Err(SendError::ShutDown);
         }
+        if let Some(engine) = self.engine() {
+            let op = Op::Publish {
+                topic: topic.map(Arc::from),
+                event: event.without_id(),
+            };
+            engine.send(op, None)?;
+            return Ok(Delivery::handed_over());
+        }
         let now_ms = self.tick(Instant::now());
-        let Some((event, log)) = self
+        let recorded = self
             .store
-            .publish(topic, event, self.config.auto_ids, now_ms)
-        else {
+            .publish(topic, event, self.config.auto_ids, now_ms);
+        Ok(self.fan_out(recorded))
+    }
+
+    /// Wakes the readers of a log an event was just recorded in, and sweeps it if due.
+    fn fan_out(&self, recorded: Option<(Event, Arc<Log>)>) -> Delivery {
+        let Some((event, log)) = recorded else {
             // A topic nobody reads, with replay off: nobody will ever see it.
             self.counters.sent(0);
-            return Ok(Delivery {
-                id: event_id(None),
+            return Delivery {
+                id: None,
                 delivered: 0,
                 disconnected: 0,
-            });
+            };
         };
         log.wake();
         let disconnected = match self.config.policy {
@@ -187,11 +209,11 @@ impl<M> Hub<M> {
         };
         let delivered = log.subscribers();
         self.counters.sent(delivered);
-        Ok(Delivery {
+        Delivery {
             id: event_id(event.id()),
             delivered,
             disconnected,
-        })
+        }
     }
 
     /// On the first publish a reader that has read nothing could not hold, then once every
@@ -368,6 +390,138 @@ impl<M> Hub<M> {
             .iter()
             .filter(|c| self.close(c, reason, ending()))
             .count()
+    }
+}
+
+/// With a backplane: operations go to the broker, and come back to every instance.
+impl<M> Hub<M> {
+    pub(crate) fn engine(&self) -> Option<&Arc<dyn Engine>> {
+        self.config.backplane.as_ref()
+    }
+
+    pub(crate) fn instance(&self) -> u32 {
+        self.instance
+    }
+
+    /// Hands `op` to the broker, if there is one: `Ok(false)` if there is none and the
+    /// caller applies it here.
+    pub(crate) fn route(&self, op: impl FnOnce() -> Op) -> Result<bool, SendError> {
+        let Some(engine) = self.engine() else {
+            return Ok(false);
+        };
+        if self.is_closing() {
+            return Err(SendError::ShutDown);
+        }
+        engine.send(op(), None)?;
+        Ok(true)
+    }
+
+    /// Whether a connection id names a connection of another instance.
+    pub(crate) fn is_remote(&self, id: ConnectionId) -> bool {
+        self.engine().is_some() && id.instance() != self.instance
+    }
+
+    /// The connections of this instance an operation is for.
+    pub(crate) fn local(&self, target: &Target) -> Vec<Arc<Connection<M>>> {
+        match target {
+            Target::Key(key) => self.registry.key(key),
+            Target::Topic(topic) => self.registry.topic(topic),
+            Target::Conn(id) if id.instance() == self.instance => {
+                self.registry.get(id.as_u64()).into_iter().collect()
+            }
+            Target::Conn(_) => Vec::new(),
+        }
+    }
+
+    /// Applies an operation the broker delivered.
+    fn apply(&self, n: u64, op: Op) {
+        match op {
+            Op::Publish { topic, event } => {
+                let Some(id) = self.store.broker_id(n) else {
+                    return;
+                };
+                let now_ms = self.tick(Instant::now());
+                let event = event.with_validated_id(&id);
+                let recorded = self.store.publish_at(topic.as_deref(), event, n, now_ms);
+                self.fan_out(recorded);
+            }
+            Op::Send { target, event } => {
+                let _ = self.send(&self.local(&target), &event);
+            }
+            Op::Complete { target, completion } => {
+                let reason = completion.close_reason();
+                self.close_each(&self.local(&target), reason, || Ending::Drain {
+                    last: completion.last.clone(),
+                });
+            }
+            Op::Evict { target } => {
+                self.close_each(&self.local(&target), CloseReason::Evicted, || Ending::Now {
+                    abort: false,
+                });
+            }
+            Op::Subscribe { key, topic } => {
+                for conn in self.registry.key(&key) {
+                    let _ = self.subscribe(&conn, &topic);
+                }
+            }
+            Op::Unsubscribe { key, topic } => {
+                for conn in self.registry.key(&key) {
+                    self.unsubscribe(&conn, &topic);
+                }
+            }
+        }
+    }
+
+    /// Every connection here is told that it may have missed events.
+    fn gap_everywhere(&self) {
+        if let Some(gap) = &self.config.gap_event {
+            let _ = self.send(&self.registry.all(), gap);
+        }
+    }
+}
+
+impl<M: Send + Sync + 'static> Hub<M> {
+    /// Starts receiving from the broker, if there is one.
+    pub(crate) fn start(self: &Arc<Self>) {
+        if let Some(engine) = self.engine() {
+            engine.start(Arc::new(HubSink {
+                hub: Arc::downgrade(self),
+                started: AtomicBool::new(false),
+            }));
+        }
+    }
+}
+
+/// What the broker delivers, applied to a hub while it lives (the engine holds no strong
+/// reference, so dropping the manager stops it).
+struct HubSink<M> {
+    hub: Weak<Hub<M>>,
+    started: AtomicBool,
+}
+
+impl<M: Send + Sync + 'static> Sink for HubSink<M> {
+    fn epoch(&self, tag: &str, first: u64) {
+        let Some(hub) = self.hub.upgrade() else {
+            return;
+        };
+        hub.store.begin_epoch(tag, first);
+        // A new epoch after the first: the broker's history was lost.
+        if self.started.swap(true, Ordering::AcqRel) {
+            hub.gap_everywhere();
+        }
+    }
+
+    fn apply(&self, n: u64, _origin: u32, op: Op) {
+        if let Some(hub) = self.hub.upgrade() {
+            hub.apply(n, op);
+        }
+    }
+
+    fn lost(&self, n: u64) {
+        if let Some(hub) = self.hub.upgrade() {
+            hub.store.lost(n);
+            hub.gap_everywhere();
+        }
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::body::ConnectionBody;
+use super::broker::{Op, Target};
 use super::builder::ManagerBuilder;
 use super::connect::Connect;
 use super::connection::{Connection, Ending};
@@ -79,10 +80,13 @@ impl<M: Send + Sync + 'static> Default for ConnectionManager<M> {
 
 impl<M: Send + Sync + 'static> ManagerBuilder<M> {
     /// Builds the manager.
+    ///
+    /// With a [backplane](Self::backplane), call it inside a tokio runtime: it starts the
+    /// task that receives from the broker.
     pub fn build(self) -> ConnectionManager<M> {
-        ConnectionManager {
-            hub: Arc::new(Hub::new(self.config)),
-        }
+        let hub = Arc::new(Hub::new(self.config));
+        hub.start();
+        ConnectionManager { hub }
     }
 }
 
@@ -142,29 +146,44 @@ impl<M: Send + Sync + 'static> ConnectionManager<M> {
         self.hub.publish(Some(topic), event)
     }
 
-    /// Sends `event` to one connection (not recorded for replay).
+    /// Sends `event` to one connection (not recorded for replay). With a backplane, a
+    /// connection of another instance is reached through the broker.
     ///
     /// # Errors
     ///
-    /// [`SendError::NotFound`] if no such connection is open, or what
-    /// [`ConnectionHandle::send`] returns.
+    /// [`SendError::NotFound`] if no such connection is open here, or what
+    /// [`ConnectionHandle::send`] returns, or [`SendError::Backplane`].
     pub fn send_to(&self, id: ConnectionId, event: Event) -> Result<(), SendError> {
+        if self.hub.is_remote(id) {
+            let target = Target::Conn(id);
+            self.hub.route(|| Op::Send { target, event })?;
+            return Ok(());
+        }
         let conn = self.get(id).ok_or(SendError::NotFound)?;
         self.hub.send_one(&conn, &event)
     }
 
     /// Sends `event` to every connection of `key` (not recorded for replay). A key with no
-    /// connection gives `delivered: 0`.
+    /// connection gives `delivered: 0`. With a backplane, every instance sends it to its
+    /// connections of `key` when the broker delivers it, and this returns `delivered: 0`.
     ///
     /// # Errors
     ///
-    /// [`SendError::ShutDown`] once the manager is shutting down.
+    /// [`SendError::ShutDown`] once the manager is shutting down, [`SendError::Backplane`].
     pub fn send_to_key(&self, key: &str, event: Event) -> Result<Delivery, SendError> {
+        let routed = self.hub.route(|| Op::Send {
+            target: Target::Key(key.into()),
+            event: event.clone(),
+        })?;
+        if routed {
+            return Ok(Delivery::handed_over());
+        }
         self.hub.send(&self.hub.registry.key(key), &event)
     }
 
     /// Sends `event` to every connection `filter` accepts (not recorded for replay). The
-    /// filter runs with no lock held; it may call the manager.
+    /// filter runs with no lock held; it may call the manager. Filters see this instance's
+    /// connections only, also with a backplane.
     ///
     /// # Errors
     ///
@@ -181,35 +200,89 @@ impl<M: Send + Sync + 'static> ConnectionManager<M> {
     }
 
     fn get(&self, id: ConnectionId) -> Option<Arc<Connection<M>>> {
+        if id.instance() != self.hub.instance() {
+            return None;
+        }
         self.hub.registry.get(id.as_u64())
     }
 
     /// Completes one connection: what was sent before is delivered, then the completion's
-    /// last event, then the end. Returns `false` if it is not open.
-    pub fn complete(&self, id: ConnectionId, completion: impl Into<Completion>) -> bool {
-        self.get(id)
-            .is_some_and(|c| self.hub.complete(&c, completion.into()))
+    /// last event, then the end. Returns `false` if it is not open here; `true` for a
+    /// connection of another instance, which the broker reaches.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Backplane`] if the broker did not take it.
+    pub fn complete(
+        &self,
+        id: ConnectionId,
+        completion: impl Into<Completion>,
+    ) -> Result<bool, SendError> {
+        let completion = completion.into();
+        if self.hub.is_remote(id) {
+            let target = Target::Conn(id);
+            self.hub.route(|| Op::Complete { target, completion })?;
+            return Ok(true);
+        }
+        Ok(self
+            .get(id)
+            .is_some_and(|c| self.hub.complete(&c, completion)))
     }
 
     /// Completes every connection of `key` (see [`complete`](Self::complete)). An
     /// [`Event`], or an `Option<Event>`, converts into a [`Completion`]. Returns how many
+    /// were completed; with a backplane every instance completes its own when the broker
+    /// delivers it, and this returns 0.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Backplane`] if the broker did not take it.
+    pub fn complete_key(
+        &self,
+        key: &str,
+        completion: impl Into<Completion>,
+    ) -> Result<usize, SendError> {
+        self.complete_target(Target::Key(key.into()), completion.into())
+    }
+
+    /// Completes every connection subscribed to `topic`, as
+    /// [`complete_key`](Self::complete_key) does.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Backplane`] if the broker did not take it.
+    pub fn complete_topic(
+        &self,
+        topic: &str,
+        completion: impl Into<Completion>,
+    ) -> Result<usize, SendError> {
+        self.complete_target(Target::Topic(topic.into()), completion.into())
+    }
+
+    fn complete_target(&self, target: Target, completion: Completion) -> Result<usize, SendError> {
+        let routed = self.hub.route(|| Op::Complete {
+            target: target.clone(),
+            completion: completion.clone(),
+        })?;
+        if routed {
+            return Ok(0);
+        }
+        Ok(self.complete_each(&self.hub.local(&target), completion))
+    }
+
+    /// Completes every connection of this instance that `filter` accepts. Returns how many
     /// were completed.
-    pub fn complete_key(&self, key: &str, completion: impl Into<Completion>) -> usize {
-        self.complete_each(&self.hub.registry.key(key), completion.into())
-    }
-
-    /// Completes every connection subscribed to `topic`. Returns how many were completed.
-    pub fn complete_topic(&self, topic: &str, completion: impl Into<Completion>) -> usize {
-        self.complete_each(&self.hub.registry.topic(topic), completion.into())
-    }
-
-    /// Completes every connection `filter` accepts. Returns how many were completed.
+    ///
+    /// # Errors
+    ///
+    /// None: filters are applied here, whatever the backplane. The `Result` keeps the shape
+    /// of the other `complete` methods.
     pub fn complete_filter(
         &self,
         filter: impl Fn(&Connection<M>) -> bool,
         completion: impl Into<Completion>,
-    ) -> usize {
-        self.complete_each(&self.filtered(filter), completion.into())
+    ) -> Result<usize, SendError> {
+        Ok(self.complete_each(&self.filtered(filter), completion.into()))
     }
 
     fn complete_each(&self, conns: &[Arc<Connection<M>>], completion: Completion) -> usize {
@@ -220,27 +293,65 @@ impl<M: Send + Sync + 'static> ConnectionManager<M> {
     }
 
     /// Evicts one connection: its stream ends at once, what is queued is discarded.
-    /// Returns `false` if it is not open.
-    pub fn evict(&self, id: ConnectionId) -> bool {
-        self.get(id).is_some_and(|c| {
+    /// Returns `false` if it is not open here; `true` for a connection of another instance,
+    /// which the broker reaches.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Backplane`] if the broker did not take it.
+    pub fn evict(&self, id: ConnectionId) -> Result<bool, SendError> {
+        if self.hub.is_remote(id) {
+            let target = Target::Conn(id);
+            self.hub.route(|| Op::Evict { target })?;
+            return Ok(true);
+        }
+        Ok(self.get(id).is_some_and(|c| {
             self.hub
                 .close(&c, CloseReason::Evicted, Ending::Now { abort: false })
-        })
+        }))
     }
 
-    /// Evicts every connection of `key`. Returns how many were evicted.
-    pub fn evict_key(&self, key: &str) -> usize {
-        self.evict_each(&self.hub.registry.key(key))
+    /// Evicts every connection of `key`. Returns how many were evicted; with a backplane,
+    /// every instance evicts its own when the broker delivers it, and this returns 0.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Backplane`] if the broker did not take it.
+    pub fn evict_key(&self, key: &str) -> Result<usize, SendError> {
+        self.evict_target(Target::Key(key.into()))
     }
 
-    /// Evicts every connection subscribed to `topic`. Returns how many were evicted.
-    pub fn evict_topic(&self, topic: &str) -> usize {
-        self.evict_each(&self.hub.registry.topic(topic))
+    /// Evicts every connection subscribed to `topic`, as [`evict_key`](Self::evict_key)
+    /// does.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Backplane`] if the broker did not take it.
+    pub fn evict_topic(&self, topic: &str) -> Result<usize, SendError> {
+        self.evict_target(Target::Topic(topic.into()))
     }
 
-    /// Evicts every connection `filter` accepts. Returns how many were evicted.
-    pub fn evict_filter(&self, filter: impl Fn(&Connection<M>) -> bool) -> usize {
-        self.evict_each(&self.filtered(filter))
+    fn evict_target(&self, target: Target) -> Result<usize, SendError> {
+        let routed = self.hub.route(|| Op::Evict {
+            target: target.clone(),
+        })?;
+        if routed {
+            return Ok(0);
+        }
+        Ok(self.evict_each(&self.hub.local(&target)))
+    }
+
+    /// Evicts every connection of this instance that `filter` accepts. Returns how many
+    /// were evicted.
+    ///
+    /// # Errors
+    ///
+    /// None, as for [`complete_filter`](Self::complete_filter).
+    pub fn evict_filter(
+        &self,
+        filter: impl Fn(&Connection<M>) -> bool,
+    ) -> Result<usize, SendError> {
+        Ok(self.evict_each(&self.filtered(filter)))
     }
 
     fn evict_each(&self, conns: &[Arc<Connection<M>>]) -> usize {
@@ -248,22 +359,22 @@ impl<M: Send + Sync + 'static> ConnectionManager<M> {
             .close_each(conns, CloseReason::Evicted, || Ending::Now { abort: false })
     }
 
-    /// A handle to an open connection.
+    /// A handle to an open connection of this instance.
     pub fn handle(&self, id: ConnectionId) -> Option<ConnectionHandle<M>> {
         self.get(id).map(|c| self.handle_of(c))
     }
 
-    /// Handles to every open connection of `key`.
+    /// Handles to every open connection of `key` on this instance.
     pub fn handles_for_key(&self, key: &str) -> Vec<ConnectionHandle<M>> {
         self.handles(self.hub.registry.key(key))
     }
 
-    /// Handles to every open connection subscribed to `topic`.
+    /// Handles to every open connection subscribed to `topic` on this instance.
     pub fn handles_for_topic(&self, topic: &str) -> Vec<ConnectionHandle<M>> {
         self.handles(self.hub.registry.topic(topic))
     }
 
-    /// Handles to every open connection `filter` accepts.
+    /// Handles to every open connection of this instance that `filter` accepts.
     pub fn handles_filter(
         &self,
         filter: impl Fn(&Connection<M>) -> bool,
@@ -273,14 +384,25 @@ impl<M: Send + Sync + 'static> ConnectionManager<M> {
 
     /// Subscribes every connection of `key` to `topic`, for example from a
     /// `POST /subscribe` of the same user (see [`ConnectionHandle::subscribe`]). Returns
-    /// how many were subscribed by this call.
+    /// how many were subscribed by this call; with a backplane, every instance subscribes
+    /// its own when the broker delivers it, and this returns 0.
     ///
     /// # Errors
     ///
     /// [`SubscribeError::TooManyTopics`] if a connection of the key is at its topic limit
     /// (the others are subscribed all the same), [`SubscribeError::ShutDown`] once the
-    /// manager is shutting down.
+    /// manager is shutting down, [`SubscribeError::Backplane`].
     pub fn subscribe_key(&self, key: &str, topic: &str) -> Result<usize, SubscribeError> {
+        let routed = self
+            .hub
+            .route(|| Op::Subscribe {
+                key: key.into(),
+                topic: topic.into(),
+            })
+            .map_err(SubscribeError::from)?;
+        if routed {
+            return Ok(0);
+        }
         let mut subscribed = 0;
         let mut refused = None;
         for conn in self.hub.registry.key(key) {
@@ -294,14 +416,29 @@ impl<M: Send + Sync + 'static> ConnectionManager<M> {
     }
 
     /// Unsubscribes every connection of `key` from `topic`, at once. Returns how many were
-    /// unsubscribed.
-    pub fn unsubscribe_key(&self, key: &str, topic: &str) -> usize {
-        self.hub
+    /// unsubscribed (0 with a backplane, as for [`subscribe_key`](Self::subscribe_key)).
+    ///
+    /// # Errors
+    ///
+    /// [`SubscribeError::ShutDown`], [`SubscribeError::Backplane`].
+    pub fn unsubscribe_key(&self, key: &str, topic: &str) -> Result<usize, SubscribeError> {
+        let routed = self
+            .hub
+            .route(|| Op::Unsubscribe {
+                key: key.into(),
+                topic: topic.into(),
+            })
+            .map_err(SubscribeError::from)?;
+        if routed {
+            return Ok(0);
+        }
+        Ok(self
+            .hub
             .registry
             .key(key)
             .iter()
             .filter(|c| self.hub.unsubscribe(c, topic))
-            .count()
+            .count())
     }
 
     /// Closes connections that have had nothing written for longer than `idle`

@@ -89,6 +89,7 @@
 //! meanwhile, it gets the gap event instead of a silent hole.
 
 mod body;
+pub(crate) mod broker;
 mod builder;
 mod config;
 mod connect;
@@ -109,6 +110,7 @@ mod types;
 mod axum;
 
 pub use self::body::ConnectionBody;
+pub use self::broker::{Backplane, BackplaneError};
 pub use self::builder::ManagerBuilder;
 pub use self::connect::Connect;
 pub use self::connection::Connection;

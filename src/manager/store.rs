@@ -54,9 +54,30 @@ pub(crate) struct Start {
     pub(crate) replay: Replay,
 }
 
+/// Who numbers published events, and so how a client's id maps to a position.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Ids {
+    /// This manager: the automatic id of seq `s` is `base + s`.
+    Local { base: u64 },
+    /// A broker: entry `N` of epoch `E` has the id `E-N` (see `broker::format_id`).
+    Broker,
+}
+
+/// The broker's current epoch: its entry `N` is seq `offset + N` here.
+#[derive(Debug)]
+struct Epoch {
+    tag: Arc<str>,
+    offset: u64,
+}
+
 #[derive(Debug, Default)]
 struct Publishing {
     next_seq: u64,
+    /// With a broker: the current epoch, once it is known.
+    epoch: Option<Epoch>,
+    /// Seqs up to this one may have been published without this manager holding them (a
+    /// broker's entries it never received): a client that last saw an earlier one gets a gap.
+    lost_through: u64,
     /// Every entry pushed, oldest first, for the byte and age bounds across logs. Records of
     /// entries a log dropped by itself are skipped when met, and swept out when they
     /// outnumber the live ones.
@@ -76,13 +97,12 @@ pub(crate) struct Store {
     publishing: Mutex<Publishing>,
     /// One past the seq of the newest entry visible in its log.
     published: AtomicU64,
-    /// Automatic ids are `id_base + seq`.
-    id_base: u64,
+    ids: Ids,
     limits: Limits,
 }
 
 impl Store {
-    pub(crate) fn new(limits: Limits, id_base: u64) -> Self {
+    pub(crate) fn new(limits: Limits, ids: Ids) -> Self {
         Store {
             all: Arc::new(Log::new(None)),
             topics: RwLock::new(HashMap::new()),
@@ -91,7 +111,7 @@ impl Store {
                 ..Publishing::default()
             }),
             published: AtomicU64::new(1),
-            id_base,
+            ids,
             limits,
         }
     }
@@ -144,12 +164,76 @@ impl Store {
         };
         let seq = p.next_seq;
         p.next_seq += 1;
-        let event = if auto_id && !event.has_id() {
-            let mut digits = itoa::Buffer::new();
-            event.with_validated_id(digits.format(self.id_base + seq))
-        } else {
-            event
+        let event = match self.ids {
+            Ids::Local { base } if auto_id && !event.has_id() => {
+                let mut digits = itoa::Buffer::new();
+                event.with_validated_id(digits.format(base + seq))
+            }
+            _ => event,
         };
+        self.record(&mut p, log, seq, event, now_ms)
+    }
+
+    /// Records entry `n` of the broker's current epoch, `event` carrying its id. Entries
+    /// come in the broker's order; one already recorded is ignored (`None`), as is a topic
+    /// nobody could ever read.
+    pub(crate) fn publish_at(
+        &self,
+        topic: Option<&str>,
+        event: Event,
+        n: u64,
+        now_ms: u64,
+    ) -> Option<(Event, Arc<Log>)> {
+        let mut p = self.publishing.lock();
+        let seq = p.epoch.as_ref()?.offset + n;
+        if seq < p.next_seq {
+            return None;
+        }
+        let log = match topic {
+            None => self.all.clone(),
+            Some(name) if self.limits.replay => self.topic_or_insert(name, false),
+            Some(name) => self.topic(name)?,
+        };
+        p.next_seq = seq + 1;
+        self.record(&mut p, log, seq, event, now_ms)
+    }
+
+    /// The broker starts (or starts over) with epoch `tag` at its entry `first`: what came
+    /// before is unknown here, and ids of other epochs are unknown ids.
+    pub(crate) fn begin_epoch(&self, tag: &str, first: u64) {
+        let mut p = self.publishing.lock();
+        let offset = p.next_seq;
+        p.lost_through = p.lost_through.max((offset + first).saturating_sub(1));
+        p.epoch = Some(Epoch {
+            tag: Arc::from(tag),
+            offset,
+        });
+    }
+
+    /// The broker's entries up to `n` that never arrived are lost here.
+    pub(crate) fn lost(&self, n: u64) {
+        let mut p = self.publishing.lock();
+        if let Some(offset) = p.epoch.as_ref().map(|e| e.offset) {
+            p.lost_through = p.lost_through.max(offset + n);
+        }
+    }
+
+    /// The id the broker's entry `n` has in the current epoch.
+    pub(crate) fn broker_id(&self, n: u64) -> Option<String> {
+        let p = self.publishing.lock();
+        p.epoch
+            .as_ref()
+            .map(|e| super::broker::format_id(&e.tag, n))
+    }
+
+    fn record(
+        &self,
+        p: &mut Publishing,
+        log: Arc<Log>,
+        seq: u64,
+        event: Event,
+        now_ms: u64,
+    ) -> Option<(Event, Arc<Log>)> {
         let entry = Entry {
             seq,
             at_ms: now_ms,
@@ -161,8 +245,7 @@ impl Store {
         p.bytes -= dropped_bytes;
         p.live -= dropped;
         p.fifo.push_back((log.clone(), seq));
-        self.trim(&mut p, now_ms);
-        drop(p);
+        self.trim(p, now_ms);
         Some((event, log))
     }
 
@@ -298,9 +381,9 @@ impl Store {
                 cursors: logs.iter().map(|l| l.end()).collect(),
                 replay: Replay::Fresh,
             },
-            ResumeFrom::Id(id) => match self.seq_of(id, &logs, p.next_seq) {
-                Some(seq) => self.after(seq, &logs),
-                None => self.newest(&logs),
+            ResumeFrom::Id(id) => match self.seq_of(&p, id, &logs) {
+                Some(seq) if seq >= p.lost_through => self.after(seq, &logs),
+                _ => self.newest(&logs),
             },
             ResumeFrom::Unknown => self.newest(&logs),
         };
@@ -328,16 +411,27 @@ impl Store {
         }
     }
 
-    /// The seq of the event whose id is `id`: read from an automatic id, else searched for.
-    fn seq_of(&self, id: &str, logs: &[Arc<Log>], next_seq: u64) -> Option<u64> {
-        if let Ok(n) = id.parse::<u64>() {
-            if n > self.id_base && n - self.id_base < next_seq {
-                return Some(n - self.id_base);
+    /// The seq of the event whose id is `id`: read from an automatic or a broker's id, else
+    /// searched for.
+    fn seq_of(&self, p: &Publishing, id: &str, logs: &[Arc<Log>]) -> Option<u64> {
+        match self.ids {
+            Ids::Local { base } => {
+                if let Ok(n) = id.parse::<u64>() {
+                    if n > base && n - base < p.next_seq {
+                        return Some(n - base);
+                    }
+                }
+                logs.iter()
+                    .filter_map(|log| log.read().find_id(id.as_bytes()))
+                    .max()
+            }
+            Ids::Broker => {
+                let (tag, n) = super::broker::parse_id(id)?;
+                let epoch = p.epoch.as_ref().filter(|e| &*e.tag == tag)?;
+                let seq = epoch.offset.checked_add(n)?;
+                (seq < p.next_seq).then_some(seq)
             }
         }
-        logs.iter()
-            .filter_map(|log| log.read().find_id(id.as_bytes()))
-            .max()
     }
 
     /// Everything after `seq`, or a gap if a log dropped something the client missed.
@@ -427,7 +521,7 @@ mod tests {
             event: Event::message("x").with_validated_id("1001"),
         }
         .size();
-        let store = Store::new(limits(100, 3 * one), 1000);
+        let store = Store::new(limits(100, 3 * one), Ids::Local { base: 1000 });
         publish(&store, Some("a"), "x", 0);
         publish(&store, None, "x", 0);
         publish(&store, Some("b"), "x", 0);
@@ -441,7 +535,7 @@ mod tests {
 
     #[test]
     fn records_of_entries_dropped_by_count_do_not_pile_up() {
-        let store = Store::new(limits(2, usize::MAX), 1000);
+        let store = Store::new(limits(2, usize::MAX), Ids::Local { base: 1000 });
         publish(&store, Some("old"), "x", 0);
         for _ in 0..10_000 {
             publish(&store, None, "x", 0);
@@ -453,7 +547,7 @@ mod tests {
 
     #[test]
     fn age_bound_frees_an_unread_topic_without_a_publish_to_it() {
-        let store = Store::new(limits(100, usize::MAX), 1000);
+        let store = Store::new(limits(100, usize::MAX), Ids::Local { base: 1000 });
         publish(&store, Some("t"), "x", 0);
         store.expire(5_000);
         assert!(store.topic("t").is_some());
@@ -464,7 +558,7 @@ mod tests {
 
     #[test]
     fn resume_after_an_auto_id_and_a_gap_when_something_was_dropped() {
-        let store = Store::new(limits(3, usize::MAX), 1000);
+        let store = Store::new(limits(3, usize::MAX), Ids::Local { base: 1000 });
         let first = publish(&store, None, "1", 0);
         let second = publish(&store, Some("t"), "2", 0);
         publish(&store, None, "3", 0);
@@ -496,7 +590,7 @@ mod tests {
     fn after_a_gap_the_newest_events_across_logs() {
         let mut l = limits(10, usize::MAX);
         l.after_gap = 2;
-        let store = Store::new(l, 1000);
+        let store = Store::new(l, Ids::Local { base: 1000 });
         publish(&store, None, "1", 0);
         publish(&store, Some("t"), "2", 0);
         publish(&store, None, "3", 0);

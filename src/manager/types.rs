@@ -149,6 +149,17 @@ pub struct Delivery {
     pub disconnected: usize,
 }
 
+impl Delivery {
+    /// A send handed to a broker: every instance delivers it when it comes back.
+    pub(crate) fn handed_over() -> Self {
+        Delivery {
+            id: None,
+            delivered: 0,
+            disconnected: 0,
+        }
+    }
+}
+
 /// How a completed stream ends: what is queued is delivered, then the last event if there is
 /// one, then the end.
 ///

@@ -1,0 +1,72 @@
+//! The Lua scripts the engine runs in Redis: each is one round trip, and atomic.
+
+/// Appends one operation to the hub's stream: numbers it in the current epoch (made by the
+/// first append after Redis lost its data), then trims by length and age.
+///
+/// KEYS: stream, meta hash. ARGV: epoch candidate, max length, max age in ms (0: none), kind,
+/// target, data, completion, origin. Returns `{epoch, n}`.
+pub(super) const APPEND: &str = r#"
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('HSET', KEYS[2], 'epoch', epoch)
+end
+local n = redis.call('HINCRBY', KEYS[2], 'n', 1)
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*',
+  'e', epoch, 'n', n, 'k', ARGV[4], 't', ARGV[5], 'd', ARGV[6], 'c', ARGV[7], 'o', ARGV[8])
+local age = tonumber(ARGV[3])
+if age > 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d', now - age))
+end
+return {epoch, n}
+"#;
+
+/// Records that an instance is alive, with its open connections and the keys it holds, and
+/// forgets instances not seen for `ttl`. Times are the server's, so clocks of instances
+/// need not agree.
+///
+/// KEYS: alive zset, open hash, this instance's keys hash. ARGV: instance, open, ttl in ms,
+/// then key and count pairs (count 0 removes the key). Returns nothing.
+pub(super) const PRESENCE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[3])
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. string.format('%d', now - ttl))
+for _, id in ipairs(dead) do
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('HDEL', KEYS[2], id)
+end
+for i = 4, #ARGV, 2 do
+  if tonumber(ARGV[i + 1]) > 0 then
+    redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
+  else
+    redis.call('HDEL', KEYS[3], ARGV[i])
+  end
+end
+redis.call('PEXPIRE', KEYS[3], ttl)
+return 0
+"#;
+
+/// The instances seen within `ttl`, with their open connections; and, if a key is given,
+/// whether any of them holds it.
+///
+/// KEYS: alive zset, open hash. ARGV: ttl in ms, keys-hash prefix, key (or empty). Returns
+/// `{ids, opens, found}`.
+pub(super) const CLUSTER: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], string.format('%d', now - tonumber(ARGV[1])), '+inf')
+local opens = {}
+local found = 0
+for i, id in ipairs(ids) do
+  opens[i] = redis.call('HGET', KEYS[2], id) or '0'
+  if ARGV[3] ~= '' and redis.call('HEXISTS', ARGV[2] .. id, ARGV[3]) == 1 then
+    found = 1
+  end
+end
+return {ids, opens, found}
+"#;
