@@ -147,6 +147,46 @@ impl Event {
         self.bytes.is_empty()
     }
 
+    /// The same event, marked as a stream's last: its id is `prefix` followed by its old id,
+    /// or `prefix` alone if it had none. A client that reconnects with that id as
+    /// `Last-Event-ID` is told by [`SseLayer`](crate::SseLayer) to stop (`204 No Content`),
+    /// if the layer recognises `prefix` (see
+    /// [`SseLayer::finished_prefix`](crate::SseLayer::finished_prefix);
+    /// [`SseContext::finish`](crate::SseContext::finish) uses the layer's own).
+    ///
+    /// Give the event data: an id in a block without data is lost by some clients.
+    ///
+    /// ```
+    /// use tower_sse::{Event, DEFAULT_FINISHED_PREFIX};
+    ///
+    /// # fn main() -> Result<(), tower_sse::EventError> {
+    /// let end = Event::builder().event("end").id("42").data("").build()?;
+    /// let end = end.finishing(DEFAULT_FINISHED_PREFIX);
+    /// assert_eq!(end.id(), Some("tower-sse:finished:42"));
+    /// assert_eq!(end.as_bytes(), &b"event: end\nid: tower-sse:finished:42\ndata: \n\n"[..]);
+    ///
+    /// let end = Event::message("bye").finishing(DEFAULT_FINISHED_PREFIX);
+    /// assert_eq!(end.as_bytes(), &b"id: tower-sse:finished:\ndata: bye\n\n"[..]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn finishing(&self, prefix: &crate::FinishedPrefix) -> Event {
+        let prefix = prefix.as_str();
+        let Some((start, len)) = self.id else {
+            return self.with_validated_id(prefix);
+        };
+        let at = start as usize;
+        let mut buf = BytesMut::with_capacity(self.bytes.len() + prefix.len());
+        buf.extend_from_slice(&self.bytes[..at]);
+        buf.extend_from_slice(prefix.as_bytes());
+        buf.extend_from_slice(&self.bytes[at..]);
+        Event {
+            bytes: buf.freeze(),
+            // A prefix is at most 64 bytes.
+            id: Some((start, len + prefix.len() as u32)),
+        }
+    }
+
     /// The same event with an `id` field put in front. Only for ids already validated.
     pub(crate) fn with_validated_id(&self, id: &str) -> Event {
         let mut buf = BytesMut::with_capacity(self.bytes.len() + id.len() + 5);

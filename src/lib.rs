@@ -35,7 +35,10 @@ pub mod stream;
 
 pub use event::{Event, EventBuilder, EventError, Field, KEEP_ALIVE};
 pub use last_event_id::{InvalidLastEventId, LastEventId};
-pub use layer::{Sse, SseContext, SseLayer};
+pub use layer::{
+    FinishedPrefix, InvalidFinishedPrefix, Sse, SseContext, SseLayer, StreamEnd,
+    DEFAULT_FINISHED_PREFIX,
+};
 pub use manager::{Connect, ConnectionManager};
 pub use stream::{response, EventStreamBody, IntoEvent};
 
