@@ -3,7 +3,6 @@ use std::future::Future;
 use std::sync::atomic::{fence, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{Config, FinishedPrefix};
@@ -58,8 +57,10 @@ struct Inner {
     /// How the stream ended: 0 while it runs, else a [`StreamEnd`] as `u8`. Set once; a token
     /// made after it is set is born cancelled.
     end: AtomicU8,
-    /// Wakes [`SseContext::closed`] futures once `end` is set.
-    ended: Notify,
+    /// Made by the first [`SseContext::closed`], cancelled once `end` is set (or born
+    /// cancelled after): the same handshake as `token`, and nothing for streams nobody
+    /// asks about.
+    ended: OnceLock<CancellationToken>,
 }
 
 /// How an event stream ended, as [`SseContext::end_reason`] and [`SseContext::closed`] tell.
@@ -138,7 +139,7 @@ impl SseContext {
                 token: OnceLock::new(),
                 last_event_id,
                 end: AtomicU8::new(0),
-                ended: Notify::new(),
+                ended: OnceLock::new(),
             }),
         }
     }
@@ -249,17 +250,16 @@ impl SseContext {
     /// Dropping the future is harmless; a new one resolves the same way.
     pub fn closed(&self) -> impl Future<Output = StreamEnd> + Send + 'static {
         let inner = self.inner.clone();
+        let ended = inner.ended.get_or_init(CancellationToken::new).clone();
+        // Pairs with the fence in `close`: either it sees `ended`, or this sees `end`.
+        fence(Ordering::SeqCst);
+        if inner.end.load(Ordering::Relaxed) != 0 {
+            ended.cancel();
+        }
         async move {
-            loop {
-                let notified = inner.ended.notified();
-                let mut notified = std::pin::pin!(notified);
-                // Registered before the check, so a `close` in between still wakes us.
-                notified.as_mut().enable();
-                if let Some(end) = StreamEnd::from_u8(inner.end.load(Ordering::Acquire)) {
-                    return end;
-                }
-                notified.await;
-            }
+            ended.cancelled().await;
+            // `end` is set before `ended` is cancelled.
+            StreamEnd::from_u8(inner.end.load(Ordering::Acquire)).unwrap_or(StreamEnd::ClientGone)
         }
     }
 
@@ -328,12 +328,14 @@ impl SseContext {
             // since saw `end` and was born cancelled.
             return;
         }
-        // Pairs with the fence in `cancellation_token`.
+        // Pairs with the fences in `cancellation_token` and `closed`.
         fence(Ordering::SeqCst);
         if let Some(token) = self.inner.token.get() {
             token.cancel();
         }
-        self.inner.ended.notify_waiters();
+        if let Some(ended) = self.inner.ended.get() {
+            ended.cancel();
+        }
     }
 
     /// The end reason as the connection manager reads it until it switches to
