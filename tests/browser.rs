@@ -67,11 +67,14 @@ async fn idle_closing_proxy(upstream: SocketAddr, idle: Duration) -> SocketAddr 
     addr
 }
 
+/// A request's `Last-Event-ID` and the status it got.
+type Answered = (Option<String>, u16);
+
 struct Server {
     addr: SocketAddr,
     replays: Arc<Mutex<Vec<Replay>>>,
     /// Every `/typewriter` request the server answered: its `Last-Event-ID` and status.
-    typewriter_requests: Arc<Mutex<Vec<(Option<String>, u16)>>>,
+    typewriter_requests: Arc<Mutex<Vec<Answered>>>,
     reports: mpsc::Receiver<String>,
     _shutdown: tokio_util::sync::DropGuard,
 }
