@@ -52,6 +52,17 @@ use bytes::{BufMut, Bytes, BytesMut};
 /// Cloning an `Event` clones a reference-counted [`Bytes`], never the payload, so one event
 /// sent to ten thousand streams is encoded once. Build one with [`Event::message`],
 /// [`Event::comment`] or [`Event::builder`]; see the [module example](crate::event).
+///
+/// # Events without data
+///
+/// An event without a `data` field (a comment, an id-only or a retry-only event, such as
+/// [`KEEP_ALIVE`]) is not dispatched by the spec's algorithm, but it is still a block that
+/// ends with a blank line, and some popular clients hand the application an empty message for
+/// it (`@microsoft/fetch-event-source` for every such block, `httpx-sse` and OpenAI's Python
+/// SDK once an id or retry was seen), while others lose an id sent that way (npm
+/// `eventsource` 4). Put `id` and `retry` on events that carry data; for heartbeats use
+/// [`SseLayer`](crate::SseLayer)'s default, a comment line with no blank line after it. The
+/// README's "Client compatibility" table has the measurements.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Event {
     bytes: Bytes,

@@ -16,6 +16,7 @@
 //! let layer = SseLayer::new()
 //!     .heartbeat_interval(Duration::from_secs(15))
 //!     .idle_timeout(Duration::from_secs(300))
+//!     .retry(Duration::from_secs(3))
 //!     .shutdown_token(shutdown.clone())
 //!     .farewell(Event::builder().event("bye").data("").retry(Duration::from_secs(5)).build()?);
 //!
@@ -30,7 +31,8 @@
 //! assert_eq!(res.headers()["connection"], "keep-alive"); // HTTP/1.1 only
 //! assert_eq!(res.headers()["x-accel-buffering"], "no");
 //! let body = res.into_body().collect().await?.to_bytes();
-//! assert_eq!(&body[..], b"data: hello\n\n");
+//! // The reconnection delay rides on the first event that has data.
+//! assert_eq!(&body[..], b"retry: 3000\ndata: hello\n\n");
 //! # Ok(())
 //! # }
 //! ```
