@@ -1868,4 +1868,8 @@ fn finishing_marks_the_id_and_keeps_the_rest() {
     );
     // Marking twice marks twice: harmless, still recognised.
     assert!(f.finishing(p).id().unwrap().starts_with(p.as_str()));
+    // What the connection manager writes, with or without a layer's context.
+    let ctx: Option<&SseContext> = None;
+    let marked = Event::message("x").finishing(ctx.map_or(p, |c| c.finished_prefix()));
+    assert_eq!(marked.id(), Some("tower-sse:finished:"));
 }
