@@ -1,16 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: `bash scripts/test.sh`.
-# Installs what the tests need on a fresh machine (headless Chromium for the browser test).
+# Installs what the tests need on a fresh machine: headless Chromium for the browser test,
+# and the pinned SSE clients of the compatibility suite (scripts/compat-clients.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
-  echo "==> installing chromium (needed by tests/browser.rs)"
-  SUDO=""
-  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
-fi
+bash scripts/compat-clients.sh
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

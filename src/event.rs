@@ -52,6 +52,17 @@ use bytes::{BufMut, Bytes, BytesMut};
 /// Cloning an `Event` clones a reference-counted [`Bytes`], never the payload, so one event
 /// sent to ten thousand streams is encoded once. Build one with [`Event::message`],
 /// [`Event::comment`] or [`Event::builder`]; see the [module example](crate::event).
+///
+/// # Events without data
+///
+/// An event without a `data` field (a comment, an id-only or a retry-only event, such as
+/// [`KEEP_ALIVE`]) is not dispatched by the spec's algorithm, but it is still a block that
+/// ends with a blank line, and some popular clients hand the application an empty message for
+/// it (`@microsoft/fetch-event-source` for every such block, `httpx-sse` and OpenAI's Python
+/// SDK once an id or retry was seen), while others lose an id sent that way (npm
+/// `eventsource` 4). Put `id` and `retry` on events that carry data; for heartbeats use
+/// [`SseLayer`](crate::SseLayer)'s default, a comment line with no blank line after it. The
+/// README's "Client compatibility" table has the measurements.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Event {
     bytes: Bytes,
@@ -145,6 +156,46 @@ impl Event {
     /// Always `false`: an encoded event holds at least its terminating blank line.
     pub fn is_empty(&self) -> bool {
         self.bytes.is_empty()
+    }
+
+    /// The same event, marked as a stream's last: its id is `prefix` followed by its old id,
+    /// or `prefix` alone if it had none. A client that reconnects with that id as
+    /// `Last-Event-ID` is told by [`SseLayer`](crate::SseLayer) to stop (`204 No Content`),
+    /// if the layer recognises `prefix` (see
+    /// [`SseLayer::finished_prefix`](crate::SseLayer::finished_prefix);
+    /// [`SseContext::finish`](crate::SseContext::finish) uses the layer's own).
+    ///
+    /// Give the event data: an id in a block without data is lost by some clients.
+    ///
+    /// ```
+    /// use tower_sse::{Event, DEFAULT_FINISHED_PREFIX};
+    ///
+    /// # fn main() -> Result<(), tower_sse::EventError> {
+    /// let end = Event::builder().event("end").id("42").data("").build()?;
+    /// let end = end.finishing(DEFAULT_FINISHED_PREFIX);
+    /// assert_eq!(end.id(), Some("tower-sse:finished:42"));
+    /// assert_eq!(end.as_bytes(), &b"event: end\nid: tower-sse:finished:42\ndata: \n\n"[..]);
+    ///
+    /// let end = Event::message("bye").finishing(DEFAULT_FINISHED_PREFIX);
+    /// assert_eq!(end.as_bytes(), &b"id: tower-sse:finished:\ndata: bye\n\n"[..]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn finishing(&self, prefix: &crate::FinishedPrefix) -> Event {
+        let prefix = prefix.as_str();
+        let Some((start, len)) = self.id else {
+            return self.with_validated_id(prefix);
+        };
+        let at = start as usize;
+        let mut buf = BytesMut::with_capacity(self.bytes.len() + prefix.len());
+        buf.extend_from_slice(&self.bytes[..at]);
+        buf.extend_from_slice(prefix.as_bytes());
+        buf.extend_from_slice(&self.bytes[at..]);
+        Event {
+            bytes: buf.freeze(),
+            // A prefix is at most 64 bytes.
+            id: Some((start, len + prefix.len() as u32)),
+        }
     }
 
     /// The same event with an `id` field put in front. Only for ids already validated.

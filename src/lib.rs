@@ -37,7 +37,10 @@ pub mod stream;
 
 pub use event::{Event, EventBuilder, EventError, Field, KEEP_ALIVE};
 pub use last_event_id::{InvalidLastEventId, LastEventId};
-pub use layer::{Sse, SseContext, SseLayer};
+pub use layer::{
+    FinishedPrefix, InvalidFinishedPrefix, Sse, SseContext, SseLayer, StreamEnd,
+    DEFAULT_FINISHED_PREFIX,
+};
 pub use manager::{
     CloseReason, Completion, Connect, ConnectError, Connection, ConnectionBody, ConnectionHandle,
     ConnectionId, ConnectionManager, Delivery, ManagerBuilder, Replay, SendError,

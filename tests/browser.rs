@@ -67,9 +67,14 @@ async fn idle_closing_proxy(upstream: SocketAddr, idle: Duration) -> SocketAddr 
     addr
 }
 
+/// A request's `Last-Event-ID` and the status it got.
+type Answered = (Option<String>, u16);
+
 struct Server {
     addr: SocketAddr,
     replays: Arc<Mutex<Vec<Replay>>>,
+    /// Every `/typewriter` request the server answered: its `Last-Event-ID` and status.
+    typewriter_requests: Arc<Mutex<Vec<Answered>>>,
     reports: mpsc::Receiver<String>,
     _shutdown: tokio_util::sync::DropGuard,
 }
@@ -84,6 +89,9 @@ async fn start_demo(heartbeat: Duration) -> Server {
         heartbeat,
         retry: Duration::from_millis(1500),
         token_delay: Duration::from_millis(10),
+        // Only count changes: the quiet stream below must be quiet.
+        liveness: Duration::from_secs(3600),
+        ..app::Settings::default()
     };
     let hub = app::Hub::new(manager, settings);
     let shutdown = CancellationToken::new();
@@ -100,7 +108,28 @@ async fn start_demo(heartbeat: Duration) -> Server {
                 }
             }),
         );
-    let router = app::router(hub, shutdown.clone()).merge(test_routes);
+    let typewriter_requests = Arc::new(Mutex::new(Vec::new()));
+    let seen = typewriter_requests.clone();
+    let router =
+        app::router(hub, shutdown.clone())
+            .merge(test_routes)
+            .layer(axum::middleware::from_fn(
+                move |req: axum::extract::Request, next: axum::middleware::Next| {
+                    let seen = seen.clone();
+                    async move {
+                        let typewriter = req.uri().path() == "/typewriter";
+                        let id = req
+                            .headers()
+                            .get("last-event-id")
+                            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+                        let res = next.run(req).await;
+                        if typewriter {
+                            seen.lock().unwrap().push((id, res.status().as_u16()));
+                        }
+                        res
+                    }
+                },
+            ));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = shutdown.clone();
@@ -112,6 +141,7 @@ async fn start_demo(heartbeat: Duration) -> Server {
     Server {
         addr,
         replays,
+        typewriter_requests,
         reports,
         _shutdown: shutdown.drop_guard(),
     }
@@ -213,17 +243,28 @@ async fn demo_in_headless_chromium() {
         server.replays.lock().unwrap()
     );
 
-    // The typewriter streams the whole answer, ends, and the browser does not reconnect.
+    // The typewriter streams the whole answer and ends as finished: the browser comes back
+    // once with the finished id, gets 204 and closes the EventSource by itself, without any
+    // page code. The handler ran once: the answer was not replayed.
     let tw = &report["typewriter"];
     assert_eq!(tw["joined"], tw["text"]);
     assert!(tw["tokens"].as_u64().unwrap() > 5);
     assert_eq!(tw["opens"], 1);
-    assert_eq!(tw["streams"], 1, "one /typewriter request, no reconnect");
+    assert_eq!(tw["endId"], tower_sse::DEFAULT_FINISHED_PREFIX.as_str());
+    assert_eq!(tw["readyState"], 2, "CLOSED");
+    assert_eq!(tw["streams"], 1, "one /typewriter stream, no replay");
+    let requests = server.typewriter_requests.lock().unwrap().clone();
+    let finished = Some(tower_sse::DEFAULT_FINISHED_PREFIX.as_str().to_owned());
+    assert_eq!(
+        requests[..2],
+        [(None, 200), (finished.clone(), 204)],
+        "{requests:?}"
+    );
 
     // Through a proxy that cuts connections idle for 1 s, heartbeats every 300 ms keep a
-    // stream open through 3 s without a single event.
+    // stream open through 3 s without a single event. They are comments: the page sees none.
     let hb = &report["heartbeat"];
-    assert!(hb["pings"].as_u64().unwrap() >= 5, "{hb}");
+    assert_eq!(hb["events"], 0, "{hb}");
     assert_eq!(hb["opens"], 1, "{hb}");
     assert_eq!(hb["errors"], 0, "{hb}");
     assert_eq!(hb["readyState"], 1, "{hb}");
@@ -235,6 +276,13 @@ async fn demo_in_headless_chromium() {
     assert_ne!(page["connections"], "?");
     assert_eq!(page["answer"], "typed by the page");
     assert_eq!(page["typewriterRequests"], 1);
+    // The page's typewriter also ended by the 204 alone: its reconnect, and nothing after.
+    let requests = server.typewriter_requests.lock().unwrap().clone();
+    assert_eq!(
+        requests[2..],
+        [(None, 200), (finished, 204)],
+        "{requests:?}"
+    );
 }
 
 /// The control for the heartbeat check: without heartbeats, the same proxy cuts a quiet

@@ -182,6 +182,10 @@ where
 
 const MS: Duration = Duration::from_millis(1);
 
+/// The default heartbeat: a bare comment line with no blank line after it, so that no client
+/// (not even those that turn every blank-line block into a message) sees anything.
+const HEARTBEAT: &[u8] = b":\n";
+
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
@@ -409,13 +413,13 @@ async fn heartbeat_after_quiet_interval_and_not_before() {
     advance(secs(10) - MS).await;
     assert_eq!(next(&mut body).await, Next::Pending);
     advance(MS).await;
-    assert_eq!(next(&mut body).await, Next::Data(KEEP_ALIVE.into_bytes()));
+    assert_eq!(next(&mut body).await, data(HEARTBEAT));
     assert_eq!(next(&mut body).await, Next::Pending);
     // The next one is a full interval after the previous heartbeat.
     advance(secs(10) - MS).await;
     assert_eq!(next(&mut body).await, Next::Pending);
     advance(MS).await;
-    assert_eq!(next(&mut body).await, data(b":\n\n"));
+    assert_eq!(next(&mut body).await, data(HEARTBEAT));
 }
 
 #[tokio::test(start_paused = true)]
@@ -424,7 +428,7 @@ async fn default_heartbeat_is_fifteen_seconds() {
     advance(secs(15) - MS).await;
     assert_eq!(next(&mut body).await, Next::Pending);
     advance(MS).await;
-    assert_eq!(next(&mut body).await, data(b":\n\n"));
+    assert_eq!(next(&mut body).await, data(HEARTBEAT));
 }
 
 #[tokio::test(start_paused = true)]
@@ -440,7 +444,7 @@ async fn heartbeat_timer_restarts_after_each_frame() {
     advance(secs(10) - MS).await;
     assert_eq!(next(&mut body).await, Next::Pending);
     advance(MS).await;
-    assert_eq!(next(&mut body).await, data(b":\n\n"));
+    assert_eq!(next(&mut body).await, data(HEARTBEAT));
 }
 
 #[tokio::test(start_paused = true)]
@@ -545,8 +549,8 @@ async fn heartbeat_waits_when_crlf_straddles_frames() {
     feed.send("data: b\r\n\r\n");
     assert!(!drain_now(&mut body, &mut wire).await);
     advance(secs(10)).await;
-    assert_eq!(next(&mut body).await, data(b":\n\n"));
-    wire.extend_from_slice(b":\n\n");
+    assert_eq!(next(&mut body).await, data(HEARTBEAT));
+    wire.extend_from_slice(HEARTBEAT);
     assert_eq!(decode(&wire).events, [Decoded::new("message", "a\nb", "")]);
 }
 
@@ -561,7 +565,7 @@ async fn idle_timeout_ends_stream_despite_heartbeats() {
     let (_feed, mut body, ctx) = open(&layer).await;
     for _ in 0..3 {
         advance(secs(10)).await;
-        assert_eq!(next(&mut body).await, data(b":\n\n"));
+        assert_eq!(next(&mut body).await, data(HEARTBEAT));
     }
     advance(secs(5) - MS).await;
     assert_eq!(next(&mut body).await, Next::Pending);
@@ -596,9 +600,9 @@ async fn lifetime_without_jitter_is_exact() {
         .max_lifetime(secs(20));
     let (_feed, mut body, _ctx) = open(&layer).await;
     advance(secs(7)).await;
-    assert_eq!(next(&mut body).await, data(b":\n\n"));
+    assert_eq!(next(&mut body).await, data(HEARTBEAT));
     advance(secs(7)).await;
-    assert_eq!(next(&mut body).await, data(b":\n\n"));
+    assert_eq!(next(&mut body).await, data(HEARTBEAT));
     advance(secs(6) - MS).await;
     assert_eq!(next(&mut body).await, Next::Pending);
     advance(MS).await;
@@ -831,7 +835,7 @@ async fn cancellation_discards_a_due_heartbeat_for_the_farewell() {
         .farewell(farewell());
     let (_feed, mut body, _ctx) = open(&layer).await;
     advance(secs(10)).await;
-    assert_eq!(next(&mut body).await, data(b":\n\n"));
+    assert_eq!(next(&mut body).await, data(HEARTBEAT));
     shutdown.cancel();
     let mut wire = Vec::new();
     assert!(drain_now(&mut body, &mut wire).await);
@@ -1169,4 +1173,703 @@ async fn requests_that_never_take_the_token_create_none() {
     let res = svc.oneshot(Request::new(())).await.unwrap();
     let body = res.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"plain");
+}
+
+// ---------------------------------------------------------------------------------------------
+// How a stream ended: `SseContext::end_reason` and `SseContext::closed`.
+
+/// Opens a stream through `layer`, lets `act` end it, and returns the context.
+async fn ended_by<F, Fut>(layer: &SseLayer, act: F) -> SseContext
+where
+    F: FnOnce(Feed, ResponseBody<TestBody>, SseContext) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let (feed, body, ctx) = open(layer).await;
+    assert_eq!(ctx.end_reason(), None, "running");
+    act(feed, body, ctx.clone()).await;
+    ctx
+}
+
+#[tokio::test(start_paused = true)]
+async fn end_reason_names_each_way_a_stream_ends() {
+    use tower_sse::StreamEnd;
+    let shutdown = CancellationToken::new();
+    let layer = SseLayer::new()
+        .heartbeat_interval(secs(5))
+        .idle_timeout(secs(60))
+        .max_lifetime(secs(120))
+        .shutdown_token(shutdown.clone());
+
+    let ctx = ended_by(&layer, |feed, mut body, _| async move {
+        feed.send("data: 1\n\n");
+        drop(feed);
+        let mut wire = Vec::new();
+        assert!(drain_now(&mut body, &mut wire).await);
+    })
+    .await;
+    assert_eq!(ctx.end_reason(), Some(StreamEnd::Completed));
+
+    let ctx = ended_by(&layer, |feed, mut body, ctx| async move {
+        let _feed = feed;
+        ctx.cancellation_token().cancel();
+        assert_eq!(next(&mut body).await, Next::End);
+    })
+    .await;
+    assert_eq!(ctx.end_reason(), Some(StreamEnd::Cancelled));
+
+    let ctx = ended_by(&layer, |feed, mut body, _| async move {
+        let _feed = feed;
+        advance(secs(60)).await;
+        let mut wire = Vec::new();
+        assert!(drain_now(&mut body, &mut wire).await);
+    })
+    .await;
+    assert_eq!(ctx.end_reason(), Some(StreamEnd::IdleTimeout));
+
+    let ctx = ended_by(&layer, |feed, mut body, _| async move {
+        for _ in 0..12 {
+            advance(secs(10)).await;
+            feed.send("data: busy\n\n");
+            let mut wire = Vec::new();
+            drain_now(&mut body, &mut wire).await;
+        }
+        assert_eq!(next(&mut body).await, Next::End);
+    })
+    .await;
+    assert_eq!(ctx.end_reason(), Some(StreamEnd::Lifetime));
+
+    let ctx = ended_by(&layer, |feed, body, _| async move {
+        let _feed = feed;
+        drop(body)
+    })
+    .await;
+    assert_eq!(ctx.end_reason(), Some(StreamEnd::ClientGone));
+
+    // The first reason wins: the client leaving after the stream ended changes nothing.
+    let ctx = ended_by(&layer, |feed, mut body, ctx| async move {
+        let _feed = feed;
+        ctx.cancellation_token().cancel();
+        assert_eq!(next(&mut body).await, Next::End);
+        drop(body);
+    })
+    .await;
+    assert_eq!(ctx.end_reason(), Some(StreamEnd::Cancelled));
+
+    // Shutdown last: it ends every stream of the layer.
+    let (_feed, mut body, own) = open(&layer).await;
+    let _token = own.cancellation_token();
+    let (_feed2, mut body2, ctx) = open(&layer).await;
+    shutdown.cancel();
+    assert_eq!(next(&mut body).await, Next::End);
+    assert_eq!(next(&mut body2).await, Next::End);
+    assert_eq!(ctx.end_reason(), Some(StreamEnd::Shutdown));
+    assert_eq!(
+        own.end_reason(),
+        Some(StreamEnd::Shutdown),
+        "a handler's own token is a child of the shutdown token, yet this is a shutdown"
+    );
+}
+
+#[tokio::test]
+async fn end_reason_of_requests_that_never_became_streams() {
+    use tower_sse::StreamEnd;
+    let events =
+        futures_util::stream::iter([Ok(Event::message("a")), Err(std::io::Error::other("boom"))]);
+    let (res, ctx) = serve(
+        &SseLayer::new(),
+        Request::new(()),
+        tower_sse::response(events),
+    )
+    .await;
+    assert_eq!(ctx.end_reason(), None);
+    let mut body = res.into_body();
+    assert!(body.frame().await.unwrap().is_ok());
+    assert!(body.frame().await.unwrap().is_err());
+    assert_eq!(ctx.end_reason(), Some(StreamEnd::Error));
+
+    let json = Response::new(Full::new(Bytes::from_static(b"{}")));
+    let (_res, ctx) = serve(&SseLayer::new(), Request::new(()), json).await;
+    assert_eq!(ctx.end_reason(), Some(StreamEnd::NotAStream));
+
+    // The inner service failed: there is no response at all.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let svc = SseLayer::new().layer(service_fn(move |req: Request<()>| {
+        tx.send(req.extensions().get::<SseContext>().cloned().unwrap())
+            .unwrap();
+        async { Err::<Response<Full<Bytes>>, _>(std::io::Error::other("down")) }
+    }));
+    assert!(svc.oneshot(Request::new(())).await.is_err());
+    assert_eq!(rx.recv().unwrap().end_reason(), Some(StreamEnd::Error));
+
+    // Abandoned before the handler answered.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut svc = SseLayer::new().layer(service_fn(move |req: Request<()>| {
+        tx.send(req.extensions().get::<SseContext>().cloned().unwrap())
+            .unwrap();
+        std::future::pending::<Result<Response<Full<Bytes>>, Infallible>>()
+    }));
+    let future = tower::Service::call(&mut svc, Request::new(()));
+    let ctx = rx.recv().unwrap();
+    assert_eq!(ctx.end_reason(), None);
+    drop(future);
+    assert_eq!(ctx.end_reason(), Some(StreamEnd::ClientGone));
+}
+
+#[test]
+fn stream_end_names() {
+    use tower_sse::StreamEnd;
+    let all = [
+        (StreamEnd::Completed, "completed"),
+        (StreamEnd::Cancelled, "cancelled"),
+        (StreamEnd::Shutdown, "shutdown"),
+        (StreamEnd::IdleTimeout, "idle_timeout"),
+        (StreamEnd::Lifetime, "lifetime"),
+        (StreamEnd::ClientGone, "client_gone"),
+        (StreamEnd::Error, "error"),
+        (StreamEnd::NotAStream, "not_a_stream"),
+    ];
+    for (end, name) in all {
+        assert_eq!(end.as_str(), name);
+        assert_eq!(end.to_string(), name);
+    }
+}
+
+/// An inner body that records, in its `Drop`, the end reason its context shows then: what
+/// the connection manager's body reads.
+#[derive(Debug)]
+struct RecordsEndOnDrop {
+    inner: TestBody,
+    ctx: SseContext,
+    seen: Arc<Mutex<Option<Option<tower_sse::StreamEnd>>>>,
+}
+
+impl Body for RecordsEndOnDrop {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+}
+
+impl Drop for RecordsEndOnDrop {
+    fn drop(&mut self) {
+        *self.seen.lock().unwrap() = Some(self.ctx.end_reason());
+    }
+}
+
+type SeenAtDrop = Arc<Mutex<Option<Option<tower_sse::StreamEnd>>>>;
+
+/// A stream whose inner body is a [`RecordsEndOnDrop`].
+async fn open_recording(
+    layer: &SseLayer,
+) -> (Feed, ResponseBody<RecordsEndOnDrop>, SseContext, SeenAtDrop) {
+    let (feed, body) = test_body();
+    let body = Mutex::new(Some(body));
+    let seen: SeenAtDrop = Arc::default();
+    let seen2 = seen.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let svc = layer.layer(service_fn(move |req: Request<()>| {
+        let ctx = req.extensions().get::<SseContext>().cloned().unwrap();
+        tx.send(ctx.clone()).unwrap();
+        let inner = body.lock().unwrap().take().unwrap();
+        let seen = seen2.clone();
+        async move { Ok::<_, Infallible>(event_stream(RecordsEndOnDrop { inner, ctx, seen })) }
+    }));
+    let res = svc.oneshot(Request::new(())).await.unwrap();
+    (feed, res.into_body(), rx.recv().unwrap(), seen)
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_inner_body_reads_the_layers_reason_when_it_is_dropped() {
+    use tower_sse::StreamEnd;
+    let shutdown = CancellationToken::new();
+    let layer = SseLayer::new()
+        .disable_heartbeat()
+        .idle_timeout(secs(30))
+        .shutdown_token(shutdown.clone())
+        .farewell(farewell());
+
+    // The layer ended it: the reason is there when the inner body goes.
+    let (_feed, mut body, _ctx, seen) = open_recording(&layer).await;
+    advance(secs(30)).await;
+    assert_eq!(next(&mut body).await, Next::End);
+    drop(body);
+    assert_eq!(*seen.lock().unwrap(), Some(Some(StreamEnd::IdleTimeout)));
+
+    // Cancelled with a farewell, dropped as soon as the farewell was written.
+    let (_feed, mut body, ctx, seen) = open_recording(&layer).await;
+    ctx.cancellation_token().cancel();
+    assert_eq!(next(&mut body).await, Next::Data(farewell().into_bytes()));
+    drop(body);
+    assert_eq!(*seen.lock().unwrap(), Some(Some(StreamEnd::Cancelled)));
+
+    // The client went away: nothing yet when the inner body goes, `ClientGone` right after.
+    let (feed, mut body, ctx, seen) = open_recording(&layer).await;
+    feed.send("data: 1\n\n");
+    assert_eq!(next(&mut body).await, data(b"data: 1\n\n"));
+    drop(body);
+    assert_eq!(*seen.lock().unwrap(), Some(None));
+    assert_eq!(ctx.end_reason(), Some(StreamEnd::ClientGone));
+
+    // Shut down, and the client left before the body was polled again: the layer never
+    // ended this stream, the client's leaving did.
+    let (_feed, mut body, ctx, seen) = open_recording(&layer).await;
+    assert_eq!(next(&mut body).await, Next::Pending);
+    shutdown.cancel();
+    settle().await;
+    drop(body);
+    assert_eq!(*seen.lock().unwrap(), Some(None));
+    assert_eq!(ctx.end_reason(), Some(StreamEnd::ClientGone));
+    // Polled after the shutdown: its farewell, and its reason, before the inner body goes.
+    let (_feed, mut body, _ctx, seen) = open_recording(&layer).await;
+    assert_eq!(next(&mut body).await, Next::Data(farewell().into_bytes()));
+    drop(body);
+    assert_eq!(*seen.lock().unwrap(), Some(Some(StreamEnd::Shutdown)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn closed_resolves_once_the_stream_is_over() {
+    use tower_sse::StreamEnd;
+    let layer = SseLayer::new().disable_heartbeat().idle_timeout(secs(30));
+    let (feed, mut body, ctx) = open(&layer).await;
+    let first = tokio::spawn(ctx.closed());
+    let second = tokio::spawn(ctx.closed());
+    settle().await;
+    assert!(!first.is_finished() && !second.is_finished());
+    feed.send("data: 1\n\n");
+    assert_eq!(next(&mut body).await, data(b"data: 1\n\n"));
+    settle().await;
+    assert!(!first.is_finished(), "data does not end it");
+    advance(secs(30)).await;
+    assert_eq!(next(&mut body).await, Next::End);
+    assert_eq!(first.await.unwrap(), StreamEnd::IdleTimeout);
+    assert_eq!(second.await.unwrap(), StreamEnd::IdleTimeout);
+    // Asked after the end: at once.
+    assert_eq!(ctx.closed().await, StreamEnd::IdleTimeout);
+
+    // The client goes away while a task waits.
+    let (_feed, body, ctx) = open(&layer).await;
+    let waiter = tokio::spawn(ctx.closed());
+    settle().await;
+    drop(body);
+    let end = tokio::time::timeout(secs(1), waiter)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(end, StreamEnd::ClientGone);
+
+    // Never a stream.
+    let json = Response::new(Full::new(Bytes::from_static(b"{}")));
+    let (_res, ctx) = serve(&layer, Request::new(()), json).await;
+    assert_eq!(ctx.closed().await, StreamEnd::NotAStream);
+}
+
+// ---------------------------------------------------------------------------------------------
+// A farewell per ending.
+
+fn bye(text: &str) -> Event {
+    Event::builder().event("bye").data(text).build().unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn farewell_per_ending() {
+    use tower_sse::StreamEnd;
+    let shutdown = CancellationToken::new();
+    let layer = SseLayer::new()
+        .disable_heartbeat()
+        .idle_timeout(secs(30))
+        .max_lifetime(secs(100))
+        .shutdown_token(shutdown.clone())
+        .farewell_on(StreamEnd::Cancelled, bye("cancelled"))
+        .farewell_on(StreamEnd::IdleTimeout, bye("idle"))
+        .farewell_on(StreamEnd::Lifetime, bye("lifetime"))
+        .farewell_on(StreamEnd::Shutdown, bye("shutdown"))
+        // Not the layer's to write: no effect.
+        .farewell_on(StreamEnd::Completed, bye("completed"))
+        .farewell_on(StreamEnd::ClientGone, bye("gone"));
+
+    let (_feed, mut body, _ctx) = open(&layer).await;
+    advance(secs(30)).await;
+    let mut wire = Vec::new();
+    assert!(drain_now(&mut body, &mut wire).await);
+    assert_eq!(&wire[..], bye("idle").as_bytes());
+    assert!(body.is_end_stream());
+
+    let (feed, mut body, _ctx) = open(&layer).await;
+    for _ in 0..5 {
+        advance(secs(20)).await;
+        feed.send("data: busy\n\n");
+    }
+    let mut wire = Vec::new();
+    assert!(drain_now(&mut body, &mut wire).await);
+    assert!(wire.ends_with(bye("lifetime").as_bytes()), "{wire:?}");
+
+    let (_feed, mut body, ctx) = open(&layer).await;
+    ctx.cancellation_token().cancel();
+    let mut wire = Vec::new();
+    assert!(drain_now(&mut body, &mut wire).await);
+    assert_eq!(&wire[..], bye("cancelled").as_bytes());
+
+    let (feed, mut body, _ctx) = open(&layer).await;
+    feed.send("data: last\n\n");
+    drop(feed);
+    let mut wire = Vec::new();
+    assert!(drain_now(&mut body, &mut wire).await);
+    assert_eq!(
+        &wire[..],
+        b"data: last\n\n",
+        "the inner body ended: no farewell"
+    );
+
+    let (_feed, mut body, _ctx) = open(&layer).await;
+    shutdown.cancel();
+    let mut wire = Vec::new();
+    assert!(drain_now(&mut body, &mut wire).await);
+    assert_eq!(&wire[..], bye("shutdown").as_bytes());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_timeout_mid_event_ends_without_its_farewell() {
+    use tower_sse::StreamEnd;
+    let layer = SseLayer::new()
+        .disable_heartbeat()
+        .idle_timeout(secs(30))
+        .farewell_on(StreamEnd::IdleTimeout, bye("idle"));
+    let (feed, mut body, ctx) = open(&layer).await;
+    feed.send("data: never fin");
+    assert_eq!(next(&mut body).await, data(b"data: never fin"));
+    advance(secs(30)).await;
+    assert_eq!(next(&mut body).await, Next::End);
+    assert_eq!(ctx.end_reason(), Some(StreamEnd::IdleTimeout));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The reconnection delay, on the first real event and on the farewell.
+
+fn retry_layer() -> SseLayer {
+    SseLayer::new()
+        .disable_heartbeat()
+        .retry(Duration::from_millis(2500))
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_goes_on_the_first_event_with_data() {
+    let shutdown = CancellationToken::new();
+    let layer = retry_layer()
+        .shutdown_token(shutdown.clone())
+        .farewell(bye("later"));
+    let (feed, mut body, _ctx) = open(&layer).await;
+    // A comment-only block and an id-only block come first: neither gets the retry.
+    feed.send(": hello\n\n");
+    feed.send("id: 7\n\n");
+    feed.send("event: first\ndata: one\n\n");
+    feed.send("data: two\n\n");
+    let mut wire = Vec::new();
+    assert!(!drain_now(&mut body, &mut wire).await);
+    assert_eq!(
+        String::from_utf8_lossy(&wire),
+        ": hello\n\nid: 7\n\nevent: first\nretry: 2500\ndata: one\n\ndata: two\n\n"
+    );
+    shutdown.cancel();
+    let mut farewell_wire = Vec::new();
+    assert!(drain_now(&mut body, &mut farewell_wire).await);
+    assert_eq!(
+        String::from_utf8_lossy(&farewell_wire),
+        "retry: 2500\nevent: bye\ndata: later\n\n"
+    );
+    let out = decode(&[wire, farewell_wire].concat());
+    assert_eq!(out.retry, Some(2500));
+    assert_eq!(out.events.len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_farewells_own_retry_wins() {
+    let shutdown = CancellationToken::new();
+    let layer = retry_layer()
+        .shutdown_token(shutdown.clone())
+        .farewell(farewell());
+    let (_feed, mut body, _ctx) = open(&layer).await;
+    shutdown.cancel();
+    let mut wire = Vec::new();
+    assert!(drain_now(&mut body, &mut wire).await);
+    assert_eq!(decode(&wire).retry, Some(5000), "{wire:?}");
+}
+
+/// Streams an inner body might write, in whole events or cut anywhere.
+const RETRY_CORPUS: &[&str] = &[
+    "data: a\n\n",
+    ": c\n\nid: 1\n\ndata: a\ndata: b\n\n",
+    "event: e\r\nid: 9\r\ndata: crlf\r\n\r\ndata: next\r\n\r\n",
+    "id: 1\rdata: cr\r\rdata: more\r\r",
+    "data\n\n",
+    "database: not data\n\ndata: yes\n\n",
+    ": only comments\n\n: and more\n\n",
+    // The stream's own retry, later on: it takes over from the layer's.
+    "data: first\n\nretry: 100\ndata: own retry later\n\n",
+];
+
+/// Feeds `frames` through a retry layer; returns the wire.
+async fn through_retry_layer(frames: &[&[u8]]) -> Vec<u8> {
+    let (feed, mut body, _ctx) = open(&retry_layer()).await;
+    for frame in frames {
+        feed.0
+            .send(Frame::data(Bytes::copy_from_slice(frame)))
+            .unwrap();
+    }
+    drop(feed);
+    let mut wire = Vec::new();
+    assert!(drain_now(&mut body, &mut wire).await);
+    wire
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_is_known_to_the_client_when_the_first_event_is_dispatched_wherever_frames_split() {
+    for stream in RETRY_CORPUS {
+        let bytes = stream.as_bytes();
+        let expected = decode(bytes);
+        for a in 0..=bytes.len() {
+            for b in a..=bytes.len() {
+                let frames = common::whatwg::split_at_cuts(bytes, &[a, b]);
+                let wire = through_retry_layer(&frames).await;
+                let out = decode(&wire);
+                // The same events, and the retry: ours unless the stream sets its own later.
+                assert_eq!(out.events, expected.events, "{stream:?} cut at {a},{b}");
+                assert_eq!(
+                    out.retry,
+                    expected.retry.or(expected.events.first().map(|_| 2500)),
+                    "{stream:?} cut at {a},{b}: {:?}",
+                    String::from_utf8_lossy(&wire)
+                );
+                // Exactly one line added, and never a block of its own: by the time the
+                // first event is dispatched, the client already has our retry.
+                let added = wire.len() - bytes.len();
+                if expected.events.is_empty() {
+                    assert_eq!(added, 0, "{stream:?}: no data, no retry");
+                    continue;
+                }
+                assert_eq!(added, b"retry: 2500\n".len(), "{stream:?} cut at {a},{b}");
+                let mut decoder = common::whatwg::Decoder::new();
+                for byte in &wire {
+                    decoder.feed(std::slice::from_ref(byte));
+                    if !decoder.take_events().is_empty() {
+                        break;
+                    }
+                }
+                let first_retry = decoder.retry();
+                assert!(
+                    first_retry == Some(2500) || first_retry == expected.retry,
+                    "{stream:?} cut at {a},{b}: retry {first_retry:?} at the first dispatch"
+                );
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Comments as heartbeats and as the first frame.
+
+#[tokio::test(start_paused = true)]
+async fn comment_heartbeats_and_initial_comments_are_lines_not_blocks() {
+    let layer = SseLayer::new()
+        .heartbeat_interval(secs(5))
+        .heartbeat_comment("still here")
+        .initial_comment("welcome");
+    let (feed, mut body, _ctx) = open(&layer).await;
+    let mut wire = Vec::new();
+    assert_eq!(next(&mut body).await, data(b": welcome\n"));
+    wire.extend_from_slice(b": welcome\n");
+    advance(secs(5)).await;
+    assert_eq!(next(&mut body).await, data(b": still here\n"));
+    wire.extend_from_slice(b": still here\n");
+    feed.send("data: x\n\n");
+    assert_eq!(next(&mut body).await, data(b"data: x\n\n"));
+    wire.extend_from_slice(b"data: x\n\n");
+    // No blank line anywhere but the event's own: not even a client that makes a message of
+    // every blank-line block sees more than the one event.
+    assert_eq!(wire.windows(2).filter(|w| w == b"\n\n").count(), 1);
+    assert_eq!(decode(&wire).events, [Decoded::new("message", "x", "")]);
+
+    // The old keep-alive block is still there for whoever asks for it.
+    let layer = SseLayer::new()
+        .heartbeat_interval(secs(5))
+        .heartbeat_event(KEEP_ALIVE);
+    let (_feed, mut body, _ctx) = open(&layer).await;
+    advance(secs(5)).await;
+    assert_eq!(next(&mut body).await, data(b":\n\n"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Finished streams: a reconnect with the finished mark gets `204 No Content`.
+
+/// The body of [`counting_stream_service`]'s streams.
+type OneEvent =
+    tower_sse::EventStreamBody<futures_util::stream::Iter<std::array::IntoIter<Event, 1>>>;
+
+/// A service that counts its calls and answers every one with a one-event stream.
+fn counting_stream_service(
+    layer: &SseLayer,
+) -> (
+    impl tower::Service<Request<()>, Response = Response<ResponseBody<OneEvent>>, Error = Infallible>
+        + Clone,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = calls.clone();
+    let svc = layer.layer(service_fn(move |req: Request<()>| {
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let ctx = req.extensions().get::<SseContext>().cloned().unwrap();
+        let last = ctx.finish(Event::builder().event("end").data("").build().unwrap());
+        async move { Ok::<_, Infallible>(tower_sse::response(futures_util::stream::iter([last]))) }
+    }));
+    (svc, calls)
+}
+
+fn reconnect(last_event_id: &str, accept: Option<&str>) -> Request<()> {
+    let mut req = Request::builder().header("last-event-id", last_event_id);
+    if let Some(accept) = accept {
+        req = req.header("accept", accept);
+    }
+    req.body(()).unwrap()
+}
+
+#[tokio::test]
+async fn a_reconnect_to_a_finished_stream_gets_no_content_without_calling_the_service() {
+    use std::sync::atomic::Ordering;
+    let (svc, calls) = counting_stream_service(&SseLayer::new());
+    let res = svc.clone().oneshot(Request::new(())).await.unwrap();
+    let wire = res.into_body().collect().await.unwrap().to_bytes();
+    let out = decode(&wire);
+    assert_eq!(out.last_event_id, "tower-sse:finished:");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    // What the browser sends next.
+    let res = svc
+        .clone()
+        .oneshot(reconnect(&out.last_event_id, Some("text/event-stream")))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    assert!(!res.body().is_event_stream());
+    assert!(res.body().is_end_stream());
+    assert_eq!(res.body().size_hint().exact(), Some(0));
+    assert!(res.headers().get(CONTENT_TYPE).is_none());
+    assert!(res
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .is_empty());
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the service was not called"
+    );
+
+    // Any id that starts with the prefix, and any Accept that lists event streams.
+    for (id, accept) in [
+        ("tower-sse:finished:42", "text/event-stream"),
+        (
+            "tower-sse:finished:",
+            "application/json, Text/Event-Stream;q=0.5",
+        ),
+    ] {
+        let res = svc
+            .clone()
+            .oneshot(reconnect(id, Some(accept)))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::NO_CONTENT, "{id} {accept}");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    // Everything else reaches the service.
+    for (id, accept) in [
+        ("tower-sse:finished:", None), // not asking for a stream
+        ("tower-sse:finished:", Some("application/json")), // a JSON route
+        ("42", Some("text/event-stream")), // an ordinary reconnect
+        ("tower-sse:finishe", Some("text/event-stream")), // not the whole prefix
+        ("x tower-sse:finished:", Some("text/event-stream")), // not at the start
+    ] {
+        let before = calls.load(Ordering::SeqCst);
+        let res = svc.clone().oneshot(reconnect(id, accept)).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{id} {accept:?}");
+        assert_eq!(calls.load(Ordering::SeqCst), before + 1, "{id} {accept:?}");
+    }
+    // A malformed Last-Event-ID is the handler's to refuse, never a 204.
+    let mut req = reconnect("tower-sse:finished:", Some("text/event-stream"));
+    req.headers_mut()
+        .append("last-event-id", HeaderValue::from_static("2"));
+    assert_eq!(
+        svc.clone().oneshot(req).await.unwrap().status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn the_finished_prefix_is_configurable_and_can_be_turned_off() {
+    let prefix = tower_sse::FinishedPrefix::new("done.").unwrap();
+    let (svc, calls) = counting_stream_service(&SseLayer::new().finished_prefix(prefix));
+    let res = svc.clone().oneshot(Request::new(())).await.unwrap();
+    let wire = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(decode(&wire).last_event_id, "done.");
+    let res = svc
+        .clone()
+        .oneshot(reconnect("done.", Some("text/event-stream")))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let res = svc
+        .clone()
+        .oneshot(reconnect("tower-sse:finished:", Some("text/event-stream")))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK, "only the configured prefix");
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+
+    let (svc, calls) = counting_stream_service(&SseLayer::new().disable_finished());
+    let res = svc
+        .clone()
+        .oneshot(reconnect("tower-sse:finished:", Some("text/event-stream")))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[test]
+fn finishing_marks_the_id_and_keeps_the_rest() {
+    let p = tower_sse::DEFAULT_FINISHED_PREFIX;
+    let e = Event::builder()
+        .event("end")
+        .id("17")
+        .retry(secs(1))
+        .data("a\nb")
+        .build()
+        .unwrap();
+    let f = e.finishing(p);
+    assert_eq!(f.id(), Some("tower-sse:finished:17"));
+    let out = decode(f.as_bytes());
+    assert_eq!(
+        out.events,
+        [Decoded::new("end", "a\nb", "tower-sse:finished:17")]
+    );
+    assert_eq!(out.retry, Some(1000));
+    // Without an id, the prefix is the id.
+    let f = Event::message("x").finishing(p);
+    assert_eq!(f.id(), Some("tower-sse:finished:"));
+    assert_eq!(
+        decode(f.as_bytes()).events,
+        [Decoded::new("message", "x", "tower-sse:finished:")]
+    );
+    // Marking twice marks twice: harmless, still recognised.
+    assert!(f.finishing(p).id().unwrap().starts_with(p.as_str()));
+    // What the connection manager writes, with or without a layer's context.
+    let ctx: Option<&SseContext> = None;
+    let marked = Event::message("x").finishing(ctx.map_or(p, |c| c.finished_prefix()));
+    assert_eq!(marked.id(), Some("tower-sse:finished:"));
 }

@@ -1352,12 +1352,13 @@ async fn reconnecting_clients_see_every_event_exactly_once() {
                     for _ in 0..frames {
                         let frame = match timeout(secs(20), body.frame()).await {
                             Err(_) => panic!("client {n} waited 20 s for a frame"),
-                            Ok(None) => {
-                                // Disconnected as a slow consumer: reconnect and catch up.
+                            // Disconnected as a slow consumer (the body aborts), or ended:
+                            // reconnect and catch up.
+                            Ok(None) | Ok(Some(Err(_))) => {
                                 slow_disconnects += 1;
                                 break;
                             }
-                            Ok(Some(frame)) => frame.unwrap().into_data().unwrap(),
+                            Ok(Some(Ok(frame))) => frame.into_data().unwrap(),
                         };
                         for event in decode(&frame).events {
                             let id = event.last_event_id.parse().expect("numeric auto id");

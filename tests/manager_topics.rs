@@ -335,7 +335,7 @@ async fn a_switch_drops_the_unsent_events_of_the_old_topic() {
     let response = body.into_response();
     m.subscribe_key("page", "eur").unwrap();
     m.publish_topic("eur", Event::message("1.08")).unwrap();
-    m.unsubscribe_key("page", "eur");
+    m.unsubscribe_key("page", "eur").unwrap();
     m.subscribe_key("page", "usd").unwrap();
     m.publish_topic("eur", Event::message("1.09")).unwrap();
     m.publish_topic("usd", Event::message("0.92")).unwrap();

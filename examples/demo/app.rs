@@ -4,11 +4,18 @@
 //! - `GET /events[?topic=T][&lastEventId=ID]`: everything published (and topic `T`), replaying
 //!   what a reconnecting client missed (`Last-Event-ID` header, or the query for a first load).
 //! - `POST /publish[?event=E][&id=I][&topic=T]`: the body, byte for byte, is the event's data.
-//! - `GET /typewriter?text=...`: an LLM-style answer, token by token, then an `end` event.
+//! - `GET /typewriter?text=...`: an LLM-style answer, token by token, then an `end` event
+//!   that marks the stream as finished: a client that reconnects gets `204` and stops.
+//! - `POST /v1/chat/completions`: the same kind of answer in OpenAI's streaming format.
 //! - `GET /stats`: the manager's counters as JSON.
 //! - `POST /disconnect`: completes every open `/events` stream, to watch clients resume.
-// Shared by two crates (the example and a test), each using a different part of it.
+// Shared by several crates (the example and tests), each using a different part of it.
 #![allow(dead_code, unreachable_pub)]
+
+#[path = "body.rs"]
+pub mod body;
+#[path = "chat.rs"]
+pub mod chat;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,7 +23,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
@@ -27,26 +34,34 @@ use tokio_util::sync::CancellationToken;
 use tower_sse::manager::{ConnectError, ConnectionManager};
 use tower_sse::{Connect, Event, LastEventId, SseContext, SseLayer};
 
-/// Largest accepted `POST /publish` body.
-pub const MAX_PUBLISH_BYTES: usize = 64 * 1024;
 /// Largest accepted `text` for `/typewriter`, in bytes.
 pub const MAX_TYPEWRITER_BYTES: usize = 16 * 1024;
 
 const INDEX_HTML: &str = include_str!("index.html");
 
-const DEFAULT_ANSWER: &str = "Server-Sent Events are a plain HTTP response that never ends. \
+/// The demo's canned answer, for `/typewriter` without `text` and for `/v1/chat/completions`.
+pub const DEFAULT_ANSWER: &str = "Server-Sent Events are a plain HTTP response that never ends. \
 The server writes one event after another; the browser's EventSource parses them and \
 reconnects on its own when the connection drops, sending the last id it saw so the server \
-can replay what was missed. That is why an answer streamed this way must end with an \
-explicit end event: the page closes the EventSource, and the browser does not reconnect \
-and replay the whole answer again.";
+can replay what was missed. That is why an answer streamed this way ends with an event \
+whose id marks the stream as finished: when the browser comes back with that id, the server \
+answers 204 No Content, and the browser stops instead of replaying the whole answer again.";
 
-/// Timings, settable from the environment for the demo and shortened by tests.
+/// Timings and limits, settable from the environment for the demo and shortened by tests.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// Quiet time after which a heartbeat (a comment line) is written.
     pub heartbeat: Duration,
+    /// The reconnection delay given to clients (`retry:` on the first event).
     pub retry: Duration,
+    /// Time between two tokens of the typewriter and the chat route.
     pub token_delay: Duration,
+    /// The `connections` event goes out when the count changes, and at least this often: the
+    /// page's sign of life, since heartbeats are invisible comments.
+    pub liveness: Duration,
+    /// Request bodies (`POST /publish`, `POST /v1/chat/completions`): the limit, and how
+    /// much of an oversized one is read before the `413`.
+    pub body: body::Limits,
 }
 
 impl Default for Settings {
@@ -55,6 +70,8 @@ impl Default for Settings {
             heartbeat: Duration::from_secs(15),
             retry: Duration::from_secs(2),
             token_delay: Duration::from_millis(40),
+            liveness: Duration::from_secs(10),
+            body: body::Limits::default(),
         }
     }
 }
@@ -65,6 +82,7 @@ pub struct Hub {
     pub manager: ConnectionManager,
     pub settings: Settings,
     pub typewriter_streams: AtomicU64,
+    pub chat_completions: AtomicU64,
 }
 
 impl Hub {
@@ -73,6 +91,7 @@ impl Hub {
             manager,
             settings,
             typewriter_streams: AtomicU64::new(0),
+            chat_completions: AtomicU64::new(0),
         })
     }
 }
@@ -88,35 +107,38 @@ pub fn manager_builder() -> tower_sse::manager::ManagerBuilder {
 pub fn router(hub: Arc<Hub>, shutdown: CancellationToken) -> Router {
     let s = &hub.settings;
     // Built from constants: `build` cannot fail for them.
-    let heartbeat = Event::builder().event("ping").data("").build();
     let farewell = Event::builder()
         .event("bye")
         .data("server shutting down")
         .retry(Duration::from_secs(5))
-        .build();
-    let first = Event::builder().retry(s.retry).comment("welcome").build();
+        .build()
+        .expect("constant event");
+    // Heartbeats stay the default: comment lines no client shows to the application.
     let layer = SseLayer::new()
         .heartbeat_interval(s.heartbeat)
-        .heartbeat_event(heartbeat.expect("constant event"))
-        .farewell(farewell.expect("constant event"))
-        .initial_event(first.expect("constant event"))
+        .retry(s.retry)
+        .initial_comment("tower-sse demo")
+        .farewell(farewell)
         .shutdown_token(shutdown);
     Router::new()
         .route("/", get(index))
         .route("/events", get(events))
         .route("/publish", post(publish))
         .route("/typewriter", get(typewriter))
+        .route("/v1/chat/completions", post(chat::completions))
         .route("/stats", get(stats))
         .route("/disconnect", post(disconnect))
         .layer(layer)
         .with_state(hub)
 }
 
-/// Pushes the open-connection count to every page when it changes (twice a second at most).
-/// Sent with `send_filter`, so it is not recorded for replay.
+/// Pushes the open-connection count to every page when it changes (twice a second at most),
+/// and at least every `liveness` interval, which tells pages the stream is alive. Sent with
+/// `send_filter`, so it is not recorded for replay.
 pub fn spawn_connection_counter(hub: Arc<Hub>, shutdown: CancellationToken) {
     tokio::spawn(async move {
         let mut last = usize::MAX;
+        let mut sent_at = tokio::time::Instant::now();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             tokio::select! {
@@ -124,8 +146,9 @@ pub fn spawn_connection_counter(hub: Arc<Hub>, shutdown: CancellationToken) {
                 _ = tick.tick() => {}
             }
             let open = hub.manager.len();
-            if open != last {
+            if open != last || sent_at.elapsed() >= hub.settings.liveness {
                 last = open;
+                sent_at = tokio::time::Instant::now();
                 if let Some(event) = connections_event(open) {
                     let _ = hub.manager.send_filter(|_| true, event);
                 }
@@ -202,16 +225,15 @@ pub struct PublishQuery {
 async fn publish(
     State(hub): State<Arc<Hub>>,
     query: Result<Query<PublishQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
     body: Body,
 ) -> Response {
     let Ok(Query(query)) = query else {
         return error(StatusCode::BAD_REQUEST, "malformed query string");
     };
-    let Ok(bytes) = axum::body::to_bytes(body, MAX_PUBLISH_BYTES).await else {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("body is larger than {MAX_PUBLISH_BYTES} bytes"),
-        );
+    let bytes = match body::read(&headers, body, hub.settings.body).await {
+        Ok(bytes) => bytes,
+        Err(refused) => return refused.into_response(),
     };
     let Ok(data) = std::str::from_utf8(&bytes) else {
         return error(StatusCode::BAD_REQUEST, "body is not valid UTF-8");
@@ -248,6 +270,7 @@ pub struct TypewriterQuery {
 
 async fn typewriter(
     State(hub): State<Arc<Hub>>,
+    Extension(ctx): Extension<SseContext>,
     query: Result<Query<TypewriterQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Ok(Query(query)) = query else {
@@ -268,9 +291,14 @@ async fn typewriter(
         tokio::time::sleep(delay).await;
         Event::builder().event("token").data(token).build()
     });
-    // The explicit end: the page closes its EventSource on it, so the browser does not
-    // reconnect and replay the answer.
-    let end = futures_util::stream::once(async { Event::builder().event("end").data("").build() });
+    // The end, marked as finished: the browser reconnects once, gets 204, and stops. No page
+    // code has to close the EventSource, and a generic client does not replay the answer.
+    let end = Event::builder()
+        .event("end")
+        .data("")
+        .build()
+        .map(|end| ctx.finish(end));
+    let end = futures_util::stream::once(async move { end });
     tower_sse::response(tokens.chain(end))
         .map(Body::new)
         .into_response()
@@ -294,6 +322,7 @@ async fn stats(State(hub): State<Arc<Hub>>) -> Response {
         "closed": closed,
         "history": hub.manager.history_len(),
         "typewriter_streams": hub.typewriter_streams.load(Ordering::Relaxed),
+        "chat_completions": hub.chat_completions.load(Ordering::Relaxed),
     }))
     .into_response()
 }

@@ -2,13 +2,16 @@
 //! typewriter, all over Server-Sent Events.
 //!
 //! Run with `cargo run --release --example demo`, then open http://127.0.0.1:3000 in a
-//! browser. `ADDR=0.0.0.0:8080` changes the address; `HEARTBEAT_MS`, `RETRY_MS` and
-//! `TOKEN_DELAY_MS` change the timings. Try it from a terminal too:
+//! browser. `ADDR=0.0.0.0:8080` changes the address; `HEARTBEAT_MS`, `RETRY_MS`,
+//! `TOKEN_DELAY_MS` and `LIVENESS_MS` change the timings, `MAX_BODY_BYTES` the largest
+//! accepted request body (default 1 MiB). Try it from a terminal too:
 //!
 //! ```text
 //! curl -N http://127.0.0.1:3000/events
 //! printf 'two\nlines' | curl -s --data-binary @- 'http://127.0.0.1:3000/publish?event=message'
 //! curl -N 'http://127.0.0.1:3000/typewriter?text=hello%20there'
+//! curl -N http://127.0.0.1:3000/v1/chat/completions -H 'content-type: application/json' \
+//!   -d '{"model": "demo", "messages": [{"role": "user", "content": "hi"}], "stream": true}'
 //! curl -s http://127.0.0.1:3000/stats
 //! ```
 //!
@@ -36,6 +39,14 @@ async fn main() -> std::io::Result<()> {
         heartbeat: env_ms("HEARTBEAT_MS", defaults.heartbeat),
         retry: env_ms("RETRY_MS", defaults.retry),
         token_delay: env_ms("TOKEN_DELAY_MS", defaults.token_delay),
+        liveness: env_ms("LIVENESS_MS", defaults.liveness),
+        body: app::body::Limits {
+            max: std::env::var("MAX_BODY_BYTES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(defaults.body.max),
+            ..defaults.body
+        },
     };
     let manager = app::manager_builder()
         .on_close(|conn, reason| {

@@ -26,15 +26,15 @@
 //!
 //! # What holds across instances
 //!
-//! - **Publish anywhere, deliver everywhere.** [`publish`](ConnectionManager::publish) and
-//!   [`publish_topic`](ConnectionManager::publish_topic) hand the event to the broker;
+//! - **Publish anywhere, deliver everywhere.** [`publish`](crate::ConnectionManager::publish) and
+//!   [`publish_topic`](crate::ConnectionManager::publish_topic) hand the event to the broker;
 //!   every instance, this one included, gets it back in the broker's one order and sends it
 //!   to its connections. Each connection gets each event once, in the order its publisher
 //!   sent them, merged with everything else it is sent.
 //! - **Targeted operations reach the connection wherever it lives.** Sends, completions
 //!   and evictions by key, by topic and by [`ConnectionId`](crate::ConnectionId) (whose
 //!   [`instance`](crate::ConnectionId::instance) names its instance), and
-//!   [`subscribe_key`](ConnectionManager::subscribe_key). They are applied by each
+//!   [`subscribe_key`](crate::ConnectionManager::subscribe_key). They are applied by each
 //!   instance when the broker delivers them, in order with publishes, so the methods return
 //!   counts of 0: the work happens everywhere, later. Filters, handles and
 //!   [`ConnectionHandle::subscribe`](crate::ConnectionHandle::subscribe) stay local.

@@ -2,18 +2,18 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::boundary::BoundaryTracker;
-use super::context::StreamEnd;
-use super::{Config, SseContext};
+use super::retry::RetryPlacement;
+use super::{Config, SseContext, StreamEnd};
 
 pin_project! {
     /// Response body of [`Sse`](super::Sse): the inner body untouched, or, for an event
@@ -32,12 +32,17 @@ pin_project! {
             #[pin]
             inner: B,
         },
+        // Fields drop in order: the inner body first, then the state, whose drop records
+        // `ClientGone` if nothing ended the stream before. So an inner body reading the end
+        // reason in its own `Drop` sees the layer's reason, or none if the client left.
         Stream {
             #[pin]
             inner: B,
             // Boxed so that pass-through bodies stay small.
             state: Pin<Box<StreamState>>,
         },
+        // The `204 No Content` for a reconnect to a finished stream.
+        Empty,
     }
 }
 
@@ -57,6 +62,10 @@ impl<B> ResponseBody<B> {
         }
     }
 
+    pub(crate) fn empty() -> Self {
+        ResponseBody { kind: Kind::Empty }
+    }
+
     /// Whether the response was recognised as an event stream.
     pub fn is_event_stream(&self) -> bool {
         matches!(self.kind, Kind::Stream { .. })
@@ -67,18 +76,20 @@ impl<B> fmt::Debug for ResponseBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("ResponseBody");
         d.field("inner", &std::any::type_name::<B>());
-        if let Kind::Stream { state, .. } = &self.kind {
-            d.field("phase", &state.phase);
-        }
+        match &self.kind {
+            Kind::Stream { state, .. } => d.field("phase", &state.phase),
+            Kind::Empty => d.field("empty", &true),
+            Kind::PassThrough { .. } => &mut d,
+        };
         d.finish()
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Open,
-    /// Write this farewell, then end.
-    Closing(Bytes),
+    /// Ended: write the `next` frame (the farewell), then end.
+    Closing,
     Done,
 }
 
@@ -135,13 +146,16 @@ pin_project! {
         // Only when there is a token to watch: the handler took the stream's own, or the
         // layer has a shutdown token. Most streams without either carry nothing.
         watch: Option<Pin<Box<Watch>>>,
-        // Closed when the state goes away, which cancels the stream's token if a handler
-        // took it, so whatever produces its events learns at once that nobody listens.
+        // Closed when the stream ends, which cancels the stream's token if a handler took
+        // it, so whatever produces its events learns at once that nobody listens.
         context: SseContext,
         boundary: BoundaryTracker,
+        // Where the `retry:` line goes, while it has not gone yet (only with `retry` set).
+        retry: Option<RetryPlacement>,
         phase: Phase,
-        // A frame to write before anything else: the initial event, a heartbeat, a farewell.
-        queued: Option<Bytes>,
+        // The one frame to write before anything else: the initial event, a heartbeat, or
+        // (while `Closing`) the farewell.
+        next: Option<Bytes>,
         // Read from the clock at each data frame (one `Instant::now()`, about 25-85 ns), so
         // heartbeats and the idle timeout count from the frame itself, whoever polls the body.
         last_frame: Instant,
@@ -151,9 +165,17 @@ pin_project! {
 
     impl PinnedDrop for StreamState {
         fn drop(this: Pin<&mut Self>) {
-            this.context.close();
+            // A no-op if the stream ended before: the first reason wins.
+            this.context.close(StreamEnd::ClientGone);
         }
     }
+}
+
+/// What the stream does next, before it asks the inner body.
+enum Control {
+    Write(Bytes),
+    End,
+    PollInner,
 }
 
 impl StreamState {
@@ -163,7 +185,11 @@ impl StreamState {
             .max_lifetime
             .map(|lifetime| now + lifetime.saturating_sub(jitter(config.lifetime_jitter)));
         let mut state = StreamState {
-            queued: config.initial.clone(),
+            next: config.initial.clone(),
+            retry: config
+                .retry_line
+                .as_ref()
+                .map(|_| RetryPlacement::default()),
             timer: Timer::Off,
             watch: Watch::for_context(&context),
             context,
@@ -237,13 +263,15 @@ where
                 .poll_frame(cx)
                 .map(|frame| frame.map(|frame| frame.map(|frame| frame.map_data(into_bytes)))),
             KindProj::Stream { inner, state } => poll_stream(inner, state.as_mut(), cx),
+            KindProj::Empty => Poll::Ready(None),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::PassThrough { inner } => inner.is_end_stream(),
-            Kind::Stream { state, .. } => matches!(state.phase, Phase::Done),
+            Kind::Stream { state, .. } => state.phase == Phase::Done,
+            Kind::Empty => true,
         }
     }
 
@@ -252,63 +280,95 @@ where
             Kind::PassThrough { inner } => inner.size_hint(),
             // Heartbeats and farewells make the length unknowable.
             Kind::Stream { .. } => SizeHint::default(),
+            Kind::Empty => SizeHint::with_exact(0),
         }
     }
 }
 
+/// An event stream's frames: what the layer has to write first, else the inner body's next
+/// frame, else a wait on the inner body, the watched token and the timer together.
 fn poll_stream<B: Body>(
     mut inner: Pin<&mut B>,
     mut state: Pin<&mut StreamState>,
     cx: &mut Context<'_>,
 ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
     loop {
-        let this = state.as_mut().project();
-        match this.phase {
-            Phase::Done => return Poll::Ready(None),
-            Phase::Closing(farewell) => {
-                let farewell = std::mem::take(farewell);
-                state.as_mut().finish(None);
-                return Poll::Ready(Some(Ok(Frame::data(farewell))));
-            }
-            Phase::Open => {}
+        match state.as_mut().control() {
+            Control::Write(bytes) => return Poll::Ready(Some(Ok(Frame::data(bytes)))),
+            Control::End => return Poll::Ready(None),
+            Control::PollInner => {}
         }
-        if let Some(bytes) = this.queued.take() {
-            return Poll::Ready(Some(Ok(Frame::data(bytes))));
+        if let Poll::Ready(frame) = poll_inner(inner.as_mut(), state.as_mut(), cx) {
+            return Poll::Ready(frame);
         }
-        if state.as_mut().is_cancelled() {
-            state.as_mut().cancel();
-            continue;
+        // The inner body is waiting: so is the stream, unless the token or the timer has
+        // something for it now.
+        ready!(state.as_mut().poll_wake(cx));
+    }
+}
+
+/// The inner body's next frame, noted by the state; the stream's end when it ends or fails.
+fn poll_inner<B: Body>(
+    inner: Pin<&mut B>,
+    mut state: Pin<&mut StreamState>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    let frame = match ready!(inner.poll_frame(cx)) {
+        Some(Ok(frame)) => frame.map_data(into_bytes),
+        Some(Err(e)) => {
+            state.as_mut().end(StreamEnd::Error);
+            return Poll::Ready(Some(Err(e)));
         }
-        match inner.as_mut().poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                let frame = frame.map_data(into_bytes);
-                if let Some(data) = frame.data_ref() {
-                    state.as_mut().record(data);
+        None => {
+            state.as_mut().end(StreamEnd::Completed);
+            return Poll::Ready(None);
+        }
+    };
+    match frame.into_data() {
+        Ok(data) => Poll::Ready(Some(Ok(Frame::data(state.on_data(data))))),
+        Err(frame) => Poll::Ready(Some(Ok(frame))),
+    }
+}
+
+impl StreamState {
+    /// The layer's own next step: a queued frame, the end, or the end decided now because the
+    /// watched token was cancelled.
+    fn control(mut self: Pin<&mut Self>) -> Control {
+        loop {
+            let this = self.as_mut().project();
+            match *this.phase {
+                Phase::Done => return Control::End,
+                Phase::Closing => {
+                    *this.phase = Phase::Done;
+                    return this.next.take().map_or(Control::End, Control::Write);
                 }
-                return Poll::Ready(Some(Ok(frame)));
+                Phase::Open => {}
             }
-            Poll::Ready(Some(Err(e))) => {
-                state.as_mut().finish(None);
-                return Poll::Ready(Some(Err(e)));
+            if let Some(bytes) = this.next.take() {
+                return Control::Write(bytes);
             }
-            Poll::Ready(None) => {
-                state.as_mut().finish(None);
-                return Poll::Ready(None);
+            self.as_mut().watch_own_token();
+            match self.cancelled() {
+                Some(why) => self.as_mut().end(why),
+                None => return Control::PollInner,
             }
-            Poll::Pending => {}
         }
-        // About to wait: register every other wake-up source.
-        let this = state.as_mut().project();
+    }
+
+    /// Registers the stream's wake-ups (the watched token, the timer) and handles what is due
+    /// now: `Ready` when something changed, `Pending` when there is nothing to do but wait.
+    fn poll_wake(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.as_mut().project();
         if let Some(watch) = this.watch {
             if watch.as_mut().project().cancelled.poll(cx).is_ready() {
-                state.as_mut().cancel();
-                continue;
+                // `control` sees it and ends the stream.
+                return Poll::Ready(());
             }
         }
-        let Some(deadline) = state.as_ref().get_ref().next_deadline() else {
+        let Some(deadline) = self.next_deadline() else {
             return Poll::Pending;
         };
-        let this = state.as_mut().project();
+        let this = self.as_mut().project();
         let TimerProj::On { mut sleep } = this.timer.project() else {
             return Poll::Pending;
         };
@@ -317,85 +377,101 @@ fn poll_stream<B: Body>(
         if deadline < sleep.deadline() || sleep.is_elapsed() {
             sleep.as_mut().reset(deadline);
         }
-        if sleep.poll(cx).is_pending() {
-            return Poll::Pending;
-        }
-        // Something is due now.
-        let st = state.as_mut().project();
-        let now = Instant::now();
-        let at_boundary = st.boundary.at_boundary();
-        if st
-            .config
+        ready!(sleep.poll(cx));
+        self.on_timer(Instant::now());
+        // A heartbeat queued, the stream ended, or only re-arm: `control` and the next
+        // `poll_wake` tell.
+        Poll::Ready(())
+    }
+
+    /// The timer fired at `now`: end the stream or queue a heartbeat, whichever is due.
+    fn on_timer(self: Pin<&mut Self>, now: Instant) {
+        let at_boundary = self.boundary.at_boundary();
+        let config = &self.config;
+        if config
             .idle_timeout
-            .is_some_and(|t| *st.last_data + t <= now)
+            .is_some_and(|t| self.last_data + t <= now)
         {
-            state.as_mut().finish(Some(StreamEnd::IdleTimeout));
-            return Poll::Ready(None);
+            return self.end(StreamEnd::IdleTimeout);
         }
-        if at_boundary && st.end_at.is_some_and(|end| end <= now) {
-            state.as_mut().finish(Some(StreamEnd::Lifetime));
-            return Poll::Ready(None);
+        if at_boundary && self.end_at.is_some_and(|end| end <= now) {
+            return self.end(StreamEnd::Lifetime);
         }
-        let heartbeat_due = st
-            .config
+        let heartbeat_due = config
             .heartbeat_interval
-            .is_some_and(|i| *st.last_frame + i <= now);
+            .is_some_and(|i| self.last_frame + i <= now);
         if heartbeat_due && at_boundary {
-            *st.last_frame = now;
-            *st.queued = Some(st.config.heartbeat.clone());
+            let this = self.project();
+            *this.last_frame = now;
+            *this.next = Some(this.config.heartbeat.clone());
         }
-        // Loop: write the heartbeat, or re-arm the timer for the next deadline.
     }
-}
 
-impl StreamState {
-    /// Ends the stream: records why (for the connection manager) and cancels the stream's
-    /// token at once, so producers stop even before the server drops the body.
-    fn finish(self: Pin<&mut Self>, why: Option<StreamEnd>) {
+    /// Ends the stream for `why`: records it at once (so producers stop, and an inner body
+    /// dropped from now on reads it), then writes the farewell set for it, if there is one
+    /// and we are between events.
+    fn end(self: Pin<&mut Self>, why: StreamEnd) {
         let this = self.project();
-        if let Some(why) = why {
-            this.context.set_end(why);
-        }
-        *this.phase = Phase::Done;
-        *this.queued = None;
-        this.context.close();
+        this.context.close(why);
+        *this.next = this
+            .config
+            .farewell(why)
+            .filter(|_| this.boundary.at_boundary())
+            .cloned();
+        *this.phase = match this.next {
+            Some(_) => Phase::Closing,
+            None => Phase::Done,
+        };
     }
 
-    /// Whether the watched token is cancelled. Starts watching the stream's own token first
-    /// if a handler took it since the stream started (one atomic load when none did).
-    fn is_cancelled(self: Pin<&mut Self>) -> bool {
+    /// Starts watching the stream's own token if a handler took it since the stream started
+    /// (one atomic load when none did).
+    fn watch_own_token(self: Pin<&mut Self>) {
         let this = self.project();
         if !this.watch.as_ref().is_some_and(|w| w.own) {
             if let Some(token) = this.context.token_if_created() {
                 *this.watch = Some(Watch::new(token.clone(), true));
             }
         }
-        this.watch.as_ref().is_some_and(|w| w.token.is_cancelled())
     }
 
-    /// Cancelled: the farewell if one is set and we are between events, then the end.
-    fn cancel(mut self: Pin<&mut Self>) {
-        let this = self.as_mut().project();
-        this.context.set_end(StreamEnd::Cancelled);
-        match &this.config.farewell {
-            Some(bytes) if this.boundary.at_boundary() => {
-                *this.queued = None;
-                *this.phase = Phase::Closing(bytes.clone());
-            }
-            _ => self.finish(None),
-        }
+    /// Why the watched token ends the stream, if it is cancelled.
+    fn cancelled(&self) -> Option<StreamEnd> {
+        let watch = self.watch.as_ref().filter(|w| w.token.is_cancelled())?;
+        // The stream's own token is a child of the shutdown token: tell the two apart.
+        let shutdown = !watch.own
+            || self
+                .context
+                .shutdown_token()
+                .is_some_and(|t| t.is_cancelled());
+        Some(if shutdown {
+            StreamEnd::Shutdown
+        } else {
+            StreamEnd::Cancelled
+        })
     }
 
-    /// Notes a frame from the inner body: where it leaves us, and when it came.
-    fn record(mut self: Pin<&mut Self>, data: &[u8]) {
-        let this = self.as_mut().project();
+    /// Notes a data frame from the inner body (where it leaves us, and when it came), and
+    /// hands it on, with the `retry:` line in it if this is where that goes.
+    fn on_data(mut self: Pin<&mut Self>, data: Bytes) -> Bytes {
         if data.is_empty() {
-            return;
+            return data;
         }
-        this.boundary.update(data);
+        let this = self.as_mut().project();
+        let data = match this.retry {
+            Some(placement) => match (placement.feed(&data), &this.config.retry_line) {
+                (Some(at), Some(line)) => {
+                    *this.retry = None;
+                    with_line_at(&data, at, line)
+                }
+                _ => data,
+            },
+            None => data,
+        };
+        this.boundary.update(&data);
         // No timer: no heartbeat, idle timeout or lifetime to count from this frame.
         if matches!(*this.timer, Timer::Off) {
-            return;
+            return data;
         }
         let now = Instant::now();
         *this.last_frame = now;
@@ -403,7 +479,17 @@ impl StreamState {
         // A busy body may never be pending, so the timer alone cannot end its lifetime:
         // check it here too, and end after this frame if it closes an event.
         if this.boundary.at_boundary() && this.end_at.is_some_and(|end| end <= now) {
-            self.finish(Some(StreamEnd::Lifetime));
+            self.end(StreamEnd::Lifetime);
         }
+        data
     }
+}
+
+/// `data` with `line` put in at offset `at`: one copy, once per stream.
+fn with_line_at(data: &Bytes, at: usize, line: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(data.len() + line.len());
+    out.extend_from_slice(&data[..at]);
+    out.extend_from_slice(line);
+    out.extend_from_slice(&data[at..]);
+    out.freeze()
 }

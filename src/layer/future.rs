@@ -4,10 +4,10 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use http::header::{CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
-use http::{HeaderMap, HeaderName, HeaderValue, Response, Version};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, Version};
 use pin_project_lite::pin_project;
 
-use super::{Config, ResponseBody, SseContext};
+use super::{Config, ResponseBody, SseContext, StreamEnd};
 
 const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 const KEEP_ALIVE_HEADER: HeaderName = HeaderName::from_static("keep-alive");
@@ -16,18 +16,31 @@ pin_project! {
     /// Response future of [`Sse`](super::Sse).
     pub struct ResponseFuture<F> {
         #[pin]
-        inner: F,
-        config: Arc<Config>,
+        kind: Kind<F>,
         // Taken when the response arrives; still here on drop means the request was
         // abandoned, and whatever the handler started for the stream must stop.
         context: Option<SseContext>,
-        version: Version,
     }
 
     impl<F> PinnedDrop for ResponseFuture<F> {
         fn drop(this: Pin<&mut Self>) {
-            close(this.project().context);
+            close(this.project().context, StreamEnd::ClientGone);
         }
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F> {
+        // The inner service was called.
+        Call {
+            #[pin]
+            inner: F,
+            config: Arc<Config>,
+            version: Version,
+        },
+        // A reconnect to a finished stream: `204 No Content`, the inner service not called.
+        Finished,
     }
 }
 
@@ -39,20 +52,33 @@ impl<F> ResponseFuture<F> {
         version: Version,
     ) -> Self {
         ResponseFuture {
-            inner,
-            config,
+            kind: Kind::Call {
+                inner,
+                config,
+                version,
+            },
             context: Some(context),
-            version,
+        }
+    }
+
+    pub(crate) fn finished() -> Self {
+        ResponseFuture {
+            kind: Kind::Finished,
+            context: None,
         }
     }
 }
 
 impl<F> std::fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResponseFuture")
-            .field("inner", &std::any::type_name::<F>())
-            .field("version", &self.version)
-            .finish()
+        let mut d = f.debug_struct("ResponseFuture");
+        match &self.kind {
+            Kind::Call { version, .. } => d
+                .field("inner", &std::any::type_name::<F>())
+                .field("version", version),
+            Kind::Finished => d.field("finished", &true),
+        };
+        d.finish()
     }
 }
 
@@ -65,34 +91,46 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let response = match ready!(this.inner.poll(cx)) {
+        let (inner, config, version) = match this.kind.project() {
+            KindProj::Call {
+                inner,
+                config,
+                version,
+            } => (inner, config, *version),
+            KindProj::Finished => {
+                let mut response = Response::new(ResponseBody::empty());
+                *response.status_mut() = StatusCode::NO_CONTENT;
+                return Poll::Ready(Ok(response));
+            }
+        };
+        let response = match ready!(inner.poll(cx)) {
             Ok(response) => response,
             Err(e) => {
-                close(this.context);
+                close(this.context, StreamEnd::Error);
                 return Poll::Ready(Err(e));
             }
         };
         if !is_event_stream(response.headers()) {
             // Not a stream after all: a token the handler took has nothing left to watch.
-            close(this.context);
+            close(this.context, StreamEnd::NotAStream);
             return Poll::Ready(Ok(response.map(ResponseBody::pass_through)));
         }
         let (mut parts, body) = response.into_parts();
-        set_stream_headers(&mut parts.headers, this.config, *this.version);
+        set_stream_headers(&mut parts.headers, config, version);
         let context = match this.context.take() {
             Some(context) => context,
             // Polled again after completion: not reachable through a well-behaved caller.
-            None => SseContext::new(this.config.shutdown.clone(), Ok(None)),
+            None => SseContext::new(config.clone(), Ok(None)),
         };
-        let body = ResponseBody::stream(body, this.config.clone(), context);
+        let body = ResponseBody::stream(body, config.clone(), context);
         Poll::Ready(Ok(Response::from_parts(parts, body)))
     }
 }
 
 /// No stream will come of this request: closes its context (if not handed on already).
-fn close(context: &mut Option<SseContext>) {
+fn close(context: &mut Option<SseContext>, why: StreamEnd) {
     if let Some(context) = context.take() {
-        context.close();
+        context.close(why);
     }
 }
 

@@ -4,6 +4,7 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use tower_service::Service;
 
+use super::finished::accepts_event_stream;
 use super::{Config, ResponseFuture, SseContext, SseLayer};
 use crate::LastEventId;
 
@@ -64,7 +65,13 @@ where
             req.headers(),
             self.config.max_last_event_id_len,
         );
-        let context = SseContext::new(self.config.shutdown.clone(), last_event_id);
+        if let (Ok(Some(id)), Some(prefix)) = (&last_event_id, &self.config.finished) {
+            // The client comes back after the stream's last event: tell it to stop.
+            if prefix.marks(id.as_str()) && accepts_event_stream(req.headers()) {
+                return ResponseFuture::finished();
+            }
+        }
+        let context = SseContext::new(self.config.clone(), last_event_id);
         req.extensions_mut().insert(context.clone());
         let version = req.version();
         ResponseFuture::new(self.inner.call(req), self.config.clone(), context, version)

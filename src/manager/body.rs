@@ -12,8 +12,8 @@ use super::connection::{Connection, Next};
 use super::error::StreamAborted;
 use super::hub::Hub;
 use super::types::{CloseReason, ConnectionId};
-use crate::layer::StreamEnd;
-use crate::SseContext;
+use crate::Event;
+use crate::{SseContext, StreamEnd, DEFAULT_FINISHED_PREFIX};
 
 /// The response body of one managed connection: an [`http_body::Body`] of the events sent
 /// to it.
@@ -55,14 +55,27 @@ impl<M: Send + Sync + 'static> ConnectionBody<M> {
         self.conn.id()
     }
 
-    /// Why the stream ended, as far as the manager can tell when the body goes away.
+    /// Why the stream ended, as far as the manager can tell when the body goes away: the
+    /// layer's reason if it ended it (the layer records it before it drops this body),
+    /// else the client left.
     fn end_reason(&self) -> CloseReason {
-        match self.context.as_ref().map(SseContext::end) {
+        match self.context.as_ref().and_then(SseContext::end_reason) {
             Some(StreamEnd::IdleTimeout) => CloseReason::IdleTimeout,
             Some(StreamEnd::Lifetime) => CloseReason::Lifetime,
-            Some(StreamEnd::Cancelled) => CloseReason::Shutdown,
+            Some(StreamEnd::Shutdown) => CloseReason::Shutdown,
+            Some(StreamEnd::Cancelled) => CloseReason::Cancelled,
             _ => CloseReason::ClientGone,
         }
+    }
+
+    /// `last` with the id that tells the client the stream is finished for good: a
+    /// reconnect with it is answered `204 No Content` by the layer.
+    fn finishing(&self, last: Event) -> Event {
+        let prefix = self
+            .context
+            .as_ref()
+            .map_or(DEFAULT_FINISHED_PREFIX, SseContext::finished_prefix);
+        last.finishing(prefix)
     }
 }
 
@@ -93,8 +106,13 @@ impl<M: Send + Sync + 'static> Body for ConnectionBody<M> {
                     this.conn.set_last_write_ms(this.hub.write_clock());
                     return Poll::Ready(Some(Ok(Frame::data(bytes))));
                 }
-                Next::Last(event) => {
+                Next::Last { event, finished } => {
                     this.done = true;
+                    let event = if finished {
+                        this.finishing(event)
+                    } else {
+                        event
+                    };
                     return Poll::Ready(Some(Ok(Frame::data(event.into_bytes()))));
                 }
                 Next::End => this.done = true,

@@ -94,9 +94,6 @@ pub(crate) trait Engine: Send + Sync + fmt::Debug + 'static {
     /// This instance's number, carried by its connection ids. Never 0.
     fn instance(&self) -> u32;
 
-    /// Whether the broker is reachable now.
-    fn is_up(&self) -> bool;
-
     /// Queues `op` for every instance, this one included, never waiting.
     fn send(&self, op: Op, ack: Option<Ack>) -> Result<(), BackplaneError>;
 

@@ -74,6 +74,7 @@ struct Drain {
     reason: CloseReason,
     until: u64,
     last: Option<Event>,
+    finished: bool,
 }
 
 impl Phase {
@@ -96,8 +97,8 @@ pub(crate) struct Bound {
 /// How a connection is closed.
 #[derive(Debug)]
 pub(crate) enum Ending {
-    /// Deliver what was sent before, then `last`, then end.
-    Drain { last: Option<Event> },
+    /// Deliver what was sent before, then `last` (marked finished if `finished`), then end.
+    Drain { last: Option<Event>, finished: bool },
     /// End at once, discarding what is queued; with an error if `abort`.
     Now { abort: bool },
 }
@@ -118,8 +119,11 @@ pub(crate) enum Offer {
 pub(crate) enum Next {
     /// Write these bytes.
     Frame(Bytes),
-    /// Write the last event, then end.
-    Last(Event),
+    /// Write the last event (marked finished for good if `finished`), then end.
+    Last {
+        event: Event,
+        finished: bool,
+    },
     End,
     /// End with an error.
     Abort(CloseReason),
@@ -288,11 +292,12 @@ impl<M> Connection<M> {
             return None;
         }
         let discarded = match ending {
-            Ending::Drain { last } => {
+            Ending::Drain { last, finished } => {
                 state.phase = Phase::Draining(Box::new(Drain {
                     reason,
                     until,
                     last,
+                    finished,
                 }));
                 0
             }
@@ -441,12 +446,12 @@ impl<M> Connection<M> {
                 return Next::Frame(bytes);
             }
             if let Phase::Draining(drain) = &mut state.phase {
-                let (reason, last) = (drain.reason, drain.last.take());
+                let (reason, last, finished) = (drain.reason, drain.last.take(), drain.finished);
                 state.phase = Phase::Ended {
                     reason,
                     abort: false,
                 };
-                return last.map_or(Next::End, Next::Last);
+                return last.map_or(Next::End, |event| Next::Last { event, finished });
             }
             // Nothing to send: wait for a send or a close, and for a publish to any log.
             if !state

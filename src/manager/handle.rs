@@ -79,6 +79,12 @@ impl<M: Send + Sync + 'static> ConnectionHandle<M> {
         self.complete_with(Completion::error(error))
     }
 
+    /// Delivers what was sent before, then `last`, then ends the stream for good: a client
+    /// that reconnects with `last`'s id is told to stop ([`Completion::finish`]).
+    pub fn finish(&self, last: Event) -> bool {
+        self.complete_with(Completion::finish(last))
+    }
+
     /// Ends the stream at once, discarding what is queued.
     pub fn evict(&self) -> bool {
         self.hub.close(

@@ -149,6 +149,9 @@ impl<M> Hub<M> {
             return Err(e);
         }
         self.counters.connected();
+        if let Some(engine) = self.engine() {
+            engine.report(self.registry.len(), conn.key().map(|k| (k, 1)));
+        }
         match replay {
             Replay::Resumed(_) => self.counters.resumed(),
             Replay::Gap(_) => self.counters.gap(),
@@ -304,6 +307,9 @@ impl<M> Hub<M> {
         let names = conn.topics();
         self.registry.remove(conn, &names);
         self.release(conn);
+        if let Some(engine) = self.engine() {
+            engine.report(self.registry.len(), conn.key().map(|k| (k, -1)));
+        }
         self.counters.dropped(discarded);
         self.counters.closed(reason);
         if let Some(hook) = &self.config.hooks.on_close {
@@ -322,6 +328,7 @@ impl<M> Hub<M> {
             reason,
             Ending::Drain {
                 last: completion.last,
+                finished: completion.finished,
             },
         )
     }
@@ -452,6 +459,7 @@ impl<M> Hub<M> {
                 let reason = completion.close_reason();
                 self.close_each(&self.local(&target), reason, || Ending::Drain {
                     last: completion.last.clone(),
+                    finished: completion.finished,
                 });
             }
             Op::Evict { target } => {

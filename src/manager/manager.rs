@@ -289,6 +289,7 @@ impl<M: Send + Sync + 'static> ConnectionManager<M> {
         let reason = completion.close_reason();
         self.hub.close_each(conns, reason, || Ending::Drain {
             last: completion.last.clone(),
+            finished: completion.finished,
         })
     }
 
@@ -487,6 +488,7 @@ impl<M: Send + Sync + 'static> ConnectionManager<M> {
             .close_each(&self.hub.registry.all(), CloseReason::Shutdown, || {
                 Ending::Drain {
                     last: completion.last.clone(),
+                    finished: completion.finished,
                 }
             })
     }

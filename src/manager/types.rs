@@ -44,8 +44,8 @@ impl fmt::Display for ConnectionId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum CloseReason {
-    /// Completed ([`Completion::new`], [`Completion::with`]): queued events and the last
-    /// event were delivered, then the stream ended.
+    /// Completed ([`Completion::new`], [`Completion::with`], [`Completion::finish`]): queued
+    /// events and the last event were delivered, then the stream ended.
     Completed,
     /// Completed with an error event ([`Completion::error`]).
     CompletedWithError,
@@ -182,6 +182,8 @@ impl Delivery {
 pub struct Completion {
     pub(crate) last: Option<Event>,
     pub(crate) reason: Completed,
+    /// The last event tells the client not to come back.
+    pub(crate) finished: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -202,6 +204,20 @@ impl Completion {
         Completion {
             last: Some(last),
             reason: Completed::Ok,
+            finished: false,
+        }
+    }
+
+    /// Queued events, then `last`, then the end, for good: `last` carries the id that
+    /// marks a finished stream, and a client that reconnects with it is answered
+    /// `204 No Content` by the [`SseLayer`](crate::SseLayer), which tells it to stop (the
+    /// prefix is the layer's, see [`SseLayer::finished_prefix`](crate::SseLayer::finished_prefix)).
+    /// For an LLM answer, a job's result: anything a client must not stream again.
+    pub fn finish(last: Event) -> Self {
+        Completion {
+            last: Some(last),
+            reason: Completed::Ok,
+            finished: true,
         }
     }
 
@@ -211,6 +227,7 @@ impl Completion {
         Completion {
             last: Some(event),
             reason: Completed::Error,
+            finished: false,
         }
     }
 
@@ -233,6 +250,7 @@ impl From<Option<Event>> for Completion {
         Completion {
             last,
             reason: Completed::Ok,
+            finished: false,
         }
     }
 }

@@ -70,8 +70,9 @@ pub(super) fn encode(op: &Op) -> Fields {
                 .last
                 .as_ref()
                 .map_or_else(Bytes::new, |e| e.as_bytes().clone());
-            let kind = match completion.close_reason() {
-                crate::CloseReason::CompletedWithError => "err",
+            let kind = match (completion.close_reason(), completion.finished) {
+                (crate::CloseReason::CompletedWithError, _) => "err",
+                (_, true) => "fin",
                 _ => "ok",
             };
             fields("C", target(t), data, kind)
@@ -183,6 +184,7 @@ fn op(kind: &str, target: &str, data: Bytes, completion: &str) -> Option<Op> {
             };
             let completion = match (completion, last) {
                 ("err", Some(e)) => Completion::error(e),
+                ("fin", Some(e)) => Completion::finish(e),
                 (_, last) => Completion::from(last),
             };
             Op::Complete {
@@ -262,6 +264,10 @@ mod tests {
             Op::Complete {
                 target: Target::Key("k".into()),
                 completion: Completion::new(),
+            },
+            Op::Complete {
+                target: Target::Conn(ConnectionId::new(3, 4)),
+                completion: Completion::finish(ev.clone()),
             },
             Op::Evict {
                 target: Target::Key("k".into()),

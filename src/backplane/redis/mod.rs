@@ -435,10 +435,6 @@ impl Engine for Inner {
         self.shared.instance
     }
 
-    fn is_up(&self) -> bool {
-        self.shared.is_up()
-    }
-
     fn send(&self, op: Op, ack: Option<Ack>) -> Result<(), BackplaneError> {
         if !self.shared.is_up() {
             return Err(BackplaneError::Unavailable);
