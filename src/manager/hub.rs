@@ -192,6 +192,44 @@ impl<M> Hub<M> {
         Ok(self.fan_out(recorded))
     }
 
+    /// As [`publish`](Self::publish), but with a backplane resolves once the broker has
+    /// recorded the event, with the id it gave it.
+    pub(crate) fn publish_confirmed(
+        &self,
+        topic: Option<&str>,
+        event: Event,
+    ) -> impl std::future::Future<Output = Result<Delivery, SendError>> + Send + 'static {
+        let sent = match self.engine() {
+            None => Err(self.publish(topic, event)),
+            Some(_) if self.is_closing() => Err(Err(SendError::ShutDown)),
+            Some(engine) => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let op = Op::Publish {
+                    topic: topic.map(Arc::from),
+                    event: event.without_id(),
+                };
+                match engine.send(op, Some(tx)) {
+                    Ok(()) => Ok(rx),
+                    Err(e) => Err(Err(SendError::from(e))),
+                }
+            }
+        };
+        async move {
+            match sent {
+                Err(done) => done,
+                Ok(rx) => {
+                    let id = rx
+                        .await
+                        .unwrap_or(Err(super::broker::BackplaneError::Unconfirmed))?;
+                    Ok(Delivery {
+                        id: Some(Arc::from(id)),
+                        ..Delivery::handed_over()
+                    })
+                }
+            }
+        }
+    }
+
     /// Wakes the readers of a log an event was just recorded in, and sweeps it if due.
     fn fan_out(&self, recorded: Option<(Event, Arc<Log>)>) -> Delivery {
         let Some((event, log)) = recorded else {

@@ -146,6 +146,36 @@ impl<M: Send + Sync + 'static> ConnectionManager<M> {
         self.hub.publish(Some(topic), event)
     }
 
+    /// [`publish`](Self::publish), waiting, with a backplane, until the broker has recorded
+    /// the event: the [`Delivery`] then carries the id the broker gave it (and counts 0
+    /// deliveries: every instance delivers it as it arrives). Without a backplane it is
+    /// ready at once.
+    ///
+    /// # Errors
+    ///
+    /// As [`publish`](Self::publish); [`BackplaneError::Unconfirmed`](super::BackplaneError)
+    /// if the connection to the broker failed before it confirmed.
+    pub fn publish_confirmed(
+        &self,
+        event: Event,
+    ) -> impl std::future::Future<Output = Result<Delivery, SendError>> + Send + 'static {
+        self.hub.publish_confirmed(None, event)
+    }
+
+    /// [`publish_topic`](Self::publish_topic), waiting as
+    /// [`publish_confirmed`](Self::publish_confirmed) does.
+    ///
+    /// # Errors
+    ///
+    /// As [`publish_confirmed`](Self::publish_confirmed).
+    pub fn publish_topic_confirmed(
+        &self,
+        topic: &str,
+        event: Event,
+    ) -> impl std::future::Future<Output = Result<Delivery, SendError>> + Send + 'static {
+        self.hub.publish_confirmed(Some(topic), event)
+    }
+
     /// Sends `event` to one connection (not recorded for replay). With a backplane, a
     /// connection of another instance is reached through the broker.
     ///

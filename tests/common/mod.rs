@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests. Use with `mod common;`.
 //!
+//! - [`redis`]: a `redis-server` per test, on a free loopback port.
 //! - [`whatwg`]: an independent event stream decoder written from the WHATWG spec, to check
 //!   that what the crate writes decodes to what was meant.
 //!
@@ -8,4 +9,5 @@
 //! deliberately unreachable from the test crate's root.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod redis;
 pub mod whatwg;
