@@ -237,6 +237,7 @@ impl Event {
 
     /// An event this crate encoded (without an id), carried by a broker as bytes: `None` if
     /// they do not end an event.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn from_encoded(bytes: Bytes) -> Option<Event> {
         bytes
             .ends_with(b"\n\n")

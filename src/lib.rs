@@ -34,6 +34,7 @@ pub mod last_event_id;
 pub mod layer;
 pub mod manager;
 pub mod stream;
+pub mod telemetry;
 
 pub use event::{Event, EventBuilder, EventError, Field, KEEP_ALIVE};
 pub use last_event_id::{InvalidLastEventId, LastEventId};

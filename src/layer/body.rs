@@ -161,12 +161,17 @@ pin_project! {
         last_frame: Instant,
         last_data: Instant,
         end_at: Option<Instant>,
+        // The span current when the stream started (the request's, under a trace layer);
+        // nothing without the `tracing` feature.
+        span: crate::telemetry::Span,
     }
 
     impl PinnedDrop for StreamState {
         fn drop(this: Pin<&mut Self>) {
             // A no-op if the stream ended before: the first reason wins.
             this.context.close(StreamEnd::ClientGone);
+            #[cfg(any(feature = "metrics", feature = "tracing"))]
+            this.report_end();
         }
     }
 }
@@ -198,8 +203,11 @@ impl StreamState {
             last_frame: now,
             last_data: now,
             end_at,
+            span: crate::telemetry::current_span(),
             config,
         };
+        #[cfg(feature = "metrics")]
+        state.config.meters.streams.increment(1);
         // Set to the first deadline; frames only move deadlines later, and the timer is
         // re-armed when it fires early.
         if let Some(deadline) = state.next_deadline() {
@@ -404,7 +412,23 @@ impl StreamState {
             let this = self.project();
             *this.last_frame = now;
             *this.next = Some(this.config.heartbeat.clone());
+            #[cfg(feature = "metrics")]
+            this.config.meters.heartbeats.increment(1);
+            #[cfg(feature = "tracing")]
+            tracing::trace!(parent: &*this.span, "heartbeat");
         }
+    }
+
+    /// The stream is over: counts how it ended, and logs it.
+    #[cfg(any(feature = "metrics", feature = "tracing"))]
+    fn report_end(&self) {
+        let Some(why) = self.context.end_reason() else {
+            return;
+        };
+        #[cfg(feature = "metrics")]
+        self.config.meters.ended(why);
+        #[cfg(feature = "tracing")]
+        tracing::debug!(parent: &self.span, reason = %why, "event stream ended");
     }
 
     /// Ends the stream for `why`: records it at once (so producers stop, and an inner body

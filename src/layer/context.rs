@@ -92,7 +92,7 @@ pub enum StreamEnd {
 }
 
 impl StreamEnd {
-    const ALL: [StreamEnd; 8] = [
+    pub(crate) const ALL: [StreamEnd; 8] = [
         StreamEnd::Completed,
         StreamEnd::Cancelled,
         StreamEnd::Shutdown,

@@ -49,6 +49,36 @@ pub(crate) struct Config {
     pub(crate) x_accel_buffering: bool,
     pub(crate) max_last_event_id_len: usize,
     pub(crate) finished: Option<FinishedPrefix>,
+    #[cfg(feature = "metrics")]
+    pub(crate) meters: LayerMeters,
+}
+
+/// The layer's metric handles, registered when the layer is made.
+#[cfg(feature = "metrics")]
+#[derive(Debug, Clone)]
+pub(crate) struct LayerMeters {
+    pub(crate) streams: metrics::Counter,
+    pub(crate) heartbeats: metrics::Counter,
+    ended: [metrics::Counter; StreamEnd::ALL.len()],
+}
+
+#[cfg(feature = "metrics")]
+impl LayerMeters {
+    fn new() -> Self {
+        use crate::telemetry as names;
+        LayerMeters {
+            streams: metrics::counter!(names::LAYER_STREAMS),
+            heartbeats: metrics::counter!(names::HEARTBEATS),
+            ended: StreamEnd::ALL
+                .map(|e| metrics::counter!(names::LAYER_ENDED, "reason" => e.as_str())),
+        }
+    }
+
+    pub(crate) fn ended(&self, why: StreamEnd) {
+        if let Some(i) = StreamEnd::ALL.iter().position(|e| *e == why) {
+            self.ended[i].increment(1);
+        }
+    }
 }
 
 impl Default for Config {
@@ -69,6 +99,8 @@ impl Default for Config {
             x_accel_buffering: true,
             max_last_event_id_len: crate::last_event_id::DEFAULT_MAX_LEN,
             finished: Some(DEFAULT_FINISHED_PREFIX.clone()),
+            #[cfg(feature = "metrics")]
+            meters: LayerMeters::new(),
         }
     }
 }

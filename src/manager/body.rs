@@ -29,6 +29,21 @@ pub struct ConnectionBody<M: Send + Sync + 'static = ()> {
     hub: Arc<Hub<M>>,
     context: Option<SseContext>,
     done: bool,
+    tally: Tally,
+    #[cfg(feature = "tracing")]
+    span: tracing::Span,
+}
+
+/// What a body has written, for the counters (and the close log).
+#[derive(Debug, Default)]
+struct Tally {
+    writes: u32,
+    /// Bytes not yet added to the manager's counters.
+    unreported: u64,
+    #[cfg(feature = "tracing")]
+    events: u64,
+    #[cfg(feature = "tracing")]
+    bytes: u64,
 }
 
 impl<M: Send + Sync + 'static> ConnectionBody<M> {
@@ -37,12 +52,51 @@ impl<M: Send + Sync + 'static> ConnectionBody<M> {
         hub: Arc<Hub<M>>,
         context: Option<SseContext>,
     ) -> Self {
+        #[cfg(feature = "tracing")]
+        let span = {
+            let topics: Vec<_> = conn.topics();
+            let span = tracing::debug_span!(
+                "sse_stream",
+                id = %conn.id(),
+                key = conn.key().unwrap_or(""),
+                topics = ?topics,
+            );
+            tracing::debug!(parent: &span, replay = ?conn.replay(), "stream opened");
+            span
+        };
         ConnectionBody {
             conn,
             hub,
             context,
             done: false,
+            tally: Tally::default(),
+            #[cfg(feature = "tracing")]
+            span,
         }
+    }
+
+    /// Counts one write; reports the bytes (and, with metrics, a sample) every
+    /// `SAMPLE_EVERY` writes.
+    fn tally(&mut self, bytes: usize, events: u32, published_ms: Option<u64>) {
+        let t = &mut self.tally;
+        t.writes = t.writes.wrapping_add(1);
+        #[cfg(feature = "tracing")]
+        {
+            t.events += u64::from(events);
+            t.bytes += bytes as u64;
+        }
+        let _ = events;
+        t.unreported += bytes as u64;
+        if t.writes % crate::telemetry::SAMPLE_EVERY == 0 {
+            self.hub.counters.written(std::mem::take(&mut t.unreported));
+            #[cfg(feature = "metrics")]
+            {
+                let delay =
+                    published_ms.map(|at| self.hub.now_ms().saturating_sub(at) as f64 / 1000.0);
+                self.hub.counters.sample(self.conn.queued(), delay);
+            }
+        }
+        let _ = published_ms;
     }
 
     /// A `200 OK` response with the event-stream headers and this body.
@@ -102,8 +156,13 @@ impl<M: Send + Sync + 'static> Body for ConnectionBody<M> {
                 return Poll::Ready(None);
             }
             match this.conn.next(cx) {
-                Next::Frame(bytes) => {
+                Next::Frame {
+                    bytes,
+                    events,
+                    published_ms,
+                } => {
                     this.conn.set_last_write_ms(this.hub.write_clock());
+                    this.tally(bytes.len(), events, published_ms);
                     return Poll::Ready(Some(Ok(Frame::data(bytes))));
                 }
                 Next::Last { event, finished } => {
@@ -113,6 +172,7 @@ impl<M: Send + Sync + 'static> Body for ConnectionBody<M> {
                     } else {
                         event
                     };
+                    this.tally(event.len(), 1, None);
                     return Poll::Ready(Some(Ok(Frame::data(event.into_bytes()))));
                 }
                 Next::End => this.done = true,
@@ -120,7 +180,18 @@ impl<M: Send + Sync + 'static> Body for ConnectionBody<M> {
                     this.done = true;
                     return Poll::Ready(Some(Err(StreamAborted { reason })));
                 }
-                Next::Skipped(n) => this.hub.counters.lagged(n),
+                Next::Skipped(n) => {
+                    this.hub.counters.lagged(n);
+                    #[cfg(feature = "tracing")]
+                    if let Some(left_out) = this.hub.lag_warnings.allow() {
+                        tracing::warn!(
+                            parent: &this.span,
+                            skipped = n,
+                            similar_warnings_left_out = left_out,
+                            "slow consumer skipped events"
+                        );
+                    }
+                }
                 Next::Behind => {
                     this.hub.close(
                         &this.conn,
@@ -149,5 +220,15 @@ impl<M: Send + Sync + 'static> Drop for ConnectionBody<M> {
         // completing when the client left, this frees what it still held.
         let reason = self.end_reason();
         self.hub.close_or_discard(&self.conn, reason);
+        self.hub.counters.written(self.tally.unreported);
+        #[cfg(feature = "tracing")]
+        tracing::debug!(
+            parent: &self.span,
+            reason = %self.conn.close_reason().unwrap_or(reason),
+            lifetime_ms = self.conn.connected_at().elapsed().as_millis() as u64,
+            events = self.tally.events,
+            bytes = self.tally.bytes,
+            "stream closed"
+        );
     }
 }

@@ -139,6 +139,15 @@ impl<M: Send + Sync + 'static> ManagerBuilder<M> {
         self
     }
 
+    /// Reports subscribers per topic ([`TOPIC_SUBSCRIBERS`](crate::telemetry::TOPIC_SUBSCRIBERS),
+    /// label `topic`) for the first `cap` topics seen; later ones are counted together under
+    /// `_other`, so the number of label values stays bounded. Off (0) by default. Has an
+    /// effect with the `metrics` feature only.
+    pub fn topic_metrics(mut self, cap: usize) -> Self {
+        self.config.topic_metrics = cap;
+        self
+    }
+
     /// Called after a connection registers.
     pub fn on_connect(mut self, hook: impl Fn(&Connection<M>) + Send + Sync + 'static) -> Self {
         self.config.hooks.on_connect = Some(Arc::new(hook));

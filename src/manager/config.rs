@@ -76,6 +76,8 @@ pub(crate) struct Config<M> {
     pub(crate) hooks: Hooks<M>,
     /// Joins this manager to others through a broker.
     pub(crate) backplane: Option<Arc<dyn Engine>>,
+    /// Topics with their own subscriber gauge (0: none).
+    pub(crate) topic_metrics: usize,
 }
 
 impl<M> Default for Config<M> {
@@ -90,6 +92,7 @@ impl<M> Default for Config<M> {
             history: History::default(),
             hooks: Hooks::default(),
             backplane: None,
+            topic_metrics: 0,
         }
     }
 }

@@ -117,8 +117,13 @@ pub(crate) enum Offer {
 /// What the body should do next.
 #[derive(Debug)]
 pub(crate) enum Next {
-    /// Write these bytes.
-    Frame(Bytes),
+    /// Write these bytes: `events` events, the first published at `published_ms` (manager
+    /// clock) if it came from a log.
+    Frame {
+        bytes: Bytes,
+        events: u32,
+        published_ms: Option<u64>,
+    },
     /// Write the last event (marked finished for good if `finished`), then end.
     Last {
         event: Event,
@@ -442,8 +447,14 @@ impl<M> Connection<M> {
                 } => return Next::Abort(*reason),
                 Phase::Ended { .. } => return Next::End,
             };
-            if let Some(bytes) = state.read_batch(until).finish() {
-                return Next::Frame(bytes);
+            let batch = state.read_batch(until);
+            let (events, published_ms) = (batch.count, batch.published_ms);
+            if let Some(bytes) = batch.finish() {
+                return Next::Frame {
+                    bytes,
+                    events,
+                    published_ms,
+                };
             }
             if let Phase::Draining(drain) = &mut state.phase {
                 let (reason, last, finished) = (drain.reason, drain.last.take(), drain.finished);
@@ -537,7 +548,7 @@ impl State {
     /// from the logs only entries numbered below `until`. Holds the read lock of every log
     /// at once: a publish is only visible with every earlier one (see `Log::push`).
     fn read_batch(&mut self, until: u64) -> Batch {
-        let mut batch = Batch::Empty;
+        let mut batch = Batch::default();
         let State {
             all, topics, queue, ..
         } = self;
@@ -597,6 +608,7 @@ fn merge(
             Some((seq, i)) if stamp.map_or(true, |stamp| seq < stamp) => {
                 let source = &mut sources[i];
                 if let Some(entry) = source.entries.get(*source.next) {
+                    batch.published_ms.get_or_insert(entry.at_ms);
                     batch.push(entry.event.as_bytes());
                 }
                 *source.next += 1;
@@ -621,7 +633,17 @@ impl<M> fmt::Debug for Connection<M> {
 
 /// The events of one frame: a lone event is handed on as it is, several are copied into
 /// one buffer.
-enum Batch {
+#[derive(Default)]
+struct Batch {
+    bytes: Buffer,
+    count: u32,
+    /// When the first event that came from a log was published.
+    published_ms: Option<u64>,
+}
+
+#[derive(Default)]
+enum Buffer {
+    #[default]
     Empty,
     One(Bytes),
     Many(BytesMut),
@@ -629,31 +651,32 @@ enum Batch {
 
 impl Batch {
     fn len(&self) -> usize {
-        match self {
-            Batch::Empty => 0,
-            Batch::One(b) => b.len(),
-            Batch::Many(b) => b.len(),
+        match &self.bytes {
+            Buffer::Empty => 0,
+            Buffer::One(b) => b.len(),
+            Buffer::Many(b) => b.len(),
         }
     }
 
     fn push(&mut self, bytes: &Bytes) {
-        match self {
-            Batch::Empty => *self = Batch::One(bytes.clone()),
-            Batch::One(first) => {
+        self.count += 1;
+        match &mut self.bytes {
+            Buffer::Empty => self.bytes = Buffer::One(bytes.clone()),
+            Buffer::One(first) => {
                 let mut buf = BytesMut::with_capacity((first.len() + bytes.len()) * 4);
                 buf.extend_from_slice(first);
                 buf.extend_from_slice(bytes);
-                *self = Batch::Many(buf);
+                self.bytes = Buffer::Many(buf);
             }
-            Batch::Many(buf) => buf.extend_from_slice(bytes),
+            Buffer::Many(buf) => buf.extend_from_slice(bytes),
         }
     }
 
     fn finish(self) -> Option<Bytes> {
-        match self {
-            Batch::Empty => None,
-            Batch::One(b) => Some(b),
-            Batch::Many(b) => Some(b.freeze()),
+        match self.bytes {
+            Buffer::Empty => None,
+            Buffer::One(b) => Some(b),
+            Buffer::Many(b) => Some(b.freeze()),
         }
     }
 }

@@ -37,6 +37,21 @@ pub(crate) struct Hub<M> {
     /// Milliseconds since `epoch` at the latest connect or send. A body dates its writes
     /// with this, so writing costs no clock read; it is never later than the write itself.
     clock_ms: AtomicU64,
+    #[cfg(feature = "tracing")]
+    pub(crate) lag_warnings: crate::telemetry::RateLimit,
+    #[cfg(feature = "tracing")]
+    slow_warnings: crate::telemetry::RateLimit,
+    #[cfg(feature = "metrics")]
+    topic_meters: super::sync::Mutex<TopicMeters>,
+}
+
+/// Subscribers per topic, for at most `cap` topics; the others are counted together.
+#[cfg(feature = "metrics")]
+#[derive(Debug)]
+struct TopicMeters {
+    cap: usize,
+    gauges: std::collections::HashMap<Arc<str>, metrics::Gauge>,
+    other: Option<metrics::Gauge>,
 }
 
 impl<M> Hub<M> {
@@ -53,7 +68,6 @@ impl<M> Hub<M> {
         let store = Store::new(config.limits(), ids);
         Hub {
             instance,
-            config,
             registry: Registry::default(),
             store,
             counters: Counters::default(),
@@ -61,7 +75,43 @@ impl<M> Hub<M> {
             closing: AtomicBool::new(false),
             epoch: Instant::now(),
             clock_ms: AtomicU64::new(0),
+            #[cfg(feature = "tracing")]
+            lag_warnings: Default::default(),
+            #[cfg(feature = "tracing")]
+            slow_warnings: Default::default(),
+            #[cfg(feature = "metrics")]
+            topic_meters: super::sync::Mutex::new(TopicMeters {
+                cap: config.topic_metrics,
+                gauges: Default::default(),
+                other: None,
+            }),
+            config,
         }
+    }
+
+    /// One subscriber more (`delta` 1) or fewer (-1) on `topic`, if per-topic metrics are on.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn topic_metric(&self, topic: &Arc<str>, delta: f64) {
+        let mut m = self.topic_meters.lock();
+        if m.cap == 0 {
+            return;
+        }
+        let gauge = match m.gauges.get(topic) {
+            Some(g) => g.clone(),
+            None if m.gauges.len() < m.cap => {
+                let g = metrics::gauge!(crate::telemetry::TOPIC_SUBSCRIBERS, "topic" => topic.to_string());
+                m.gauges.insert(topic.clone(), g.clone());
+                g
+            }
+            None => m
+                .other
+                .get_or_insert_with(
+                    || metrics::gauge!(crate::telemetry::TOPIC_SUBSCRIBERS, "topic" => "_other"),
+                )
+                .clone(),
+        };
+        drop(m);
+        gauge.increment(delta);
     }
 
     pub(crate) fn is_closing(&self) -> bool {
@@ -149,6 +199,10 @@ impl<M> Hub<M> {
             return Err(e);
         }
         self.counters.connected();
+        #[cfg(feature = "metrics")]
+        for topic in &names {
+            self.topic_metric(topic, 1.0);
+        }
         if let Some(engine) = self.engine() {
             engine.report(self.registry.len(), conn.key().map(|k| (k, 1)));
         }
@@ -350,6 +404,20 @@ impl<M> Hub<M> {
         }
         self.counters.dropped(discarded);
         self.counters.closed(reason);
+        #[cfg(feature = "metrics")]
+        for topic in &names {
+            self.topic_metric(topic, -1.0);
+        }
+        #[cfg(feature = "tracing")]
+        if reason == CloseReason::SlowConsumer {
+            if let Some(left_out) = self.slow_warnings.allow() {
+                tracing::warn!(
+                    id = %conn.id(),
+                    similar_warnings_left_out = left_out,
+                    "slow consumer disconnected"
+                );
+            }
+        }
         if let Some(hook) = &self.config.hooks.on_close {
             hook(conn, reason);
         }
@@ -403,6 +471,8 @@ impl<M> Hub<M> {
         if let Some(name) = log.name() {
             // If it closed meanwhile, the close released this log with the others.
             self.registry.add_topic(conn, name);
+            #[cfg(feature = "metrics")]
+            self.topic_metric(name, 1.0);
         }
         if let Some(hook) = &self.config.hooks.on_subscribe {
             hook(conn, topic);
@@ -418,6 +488,10 @@ impl<M> Hub<M> {
         };
         self.registry.remove_topic(conn, topic);
         self.store.unsubscribe(&log);
+        #[cfg(feature = "metrics")]
+        if let Some(name) = log.name() {
+            self.topic_metric(name, -1.0);
+        }
         if let Some(hook) = &self.config.hooks.on_unsubscribe {
             hook(conn, topic);
         }
