@@ -26,7 +26,7 @@ if awk -v l="$load" 'BEGIN { exit !(l > 0.5) }'; then
 fi
 
 echo "== building (release)"
-cargo build --release --example loadserver --example loadgen
+cargo build --release -p loadtest
 
 echo "== machine"
 python3 - "$OUT/machine.json" <<'EOF'
@@ -50,13 +50,13 @@ machine = {
     "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     "git": sh("git", "rev-parse", "--short", "HEAD"),
     # Uncommitted changes to the crate itself (other work in progress) change the figures.
-    "git_dirty": sh("git", "status", "--porcelain", "--", "src", "Cargo.toml", "Cargo.lock").splitlines(),
+    "git_dirty": sh("git", "status", "--porcelain", "--", "src", "loadtest", "Cargo.toml", "Cargo.lock").splitlines(),
 }
 json.dump(machine, open(sys.argv[1], "w"), indent=1)
 print(json.dumps(machine))
 EOF
 
-LOADGEN=target/release/examples/loadgen
+LOADGEN=target/release/loadgen
 # The three stacks of issue 6, every scenario.
 MAIN_CMD="$LOADGEN --modes tower-sse,axum-broadcast,hyper-bare --scenarios fanout,latency,idle,slow,churn $*"
 # The kernel's floor for fan-out and latency: no HTTP library, one write per event.

@@ -1,8 +1,8 @@
 //! The load generator: opens thousands of real SSE connections over loopback to a
 //! `loadserver` child process and measures what users of an SSE server care about.
 //!
-//! Run with `cargo run --release --example loadgen -- --modes tower-sse,axum-broadcast,hyper-bare`
-//! after `cargo build --release --example loadserver`. It starts the sibling `loadserver`
+//! Run with `cargo run --release -p loadtest --bin loadgen -- --modes tower-sse,axum-broadcast,hyper-bare`
+//! after `cargo build --release -p loadtest` (which builds both binaries). It starts the sibling `loadserver`
 //! binary itself, one fresh process per scenario, so it knows the pid and reads the server's
 //! RSS and CPU time from `/proc`. `scripts/bench.sh` runs everything and writes the report;
 //! `--help` lists the options.
@@ -371,14 +371,14 @@ fn emit(opts: &Opts, record: &Value) -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // The server child and /proc
 
-/// The `loadserver` binary next to this one (`target/release/examples/`).
+/// The `loadserver` binary next to this one (`target/release/`).
 fn sibling_binary(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe.parent().ok_or("current_exe has no parent directory")?;
     let path = dir.join(name);
     if !path.exists() {
         return Err(format!(
-            "{} not found: build it with `cargo build --release --example {name}`",
+            "{} not found: build it with `cargo build --release -p loadtest --bin {name}`",
             path.display()
         )
         .into());

@@ -1,7 +1,7 @@
 //! The server side of the load test: one `GET /events` endpoint in one of four stacks, so
-//! `examples/loadgen.rs` can compare them in the same run.
+//! `loadgen` (`loadtest/src/bin/loadgen.rs`) can compare them in the same run.
 //!
-//! Run with `cargo run --release --example loadserver -- --mode tower-sse --addr 127.0.0.1:3001`
+//! Run with `cargo run --release -p loadtest --bin loadserver -- --mode tower-sse --addr 127.0.0.1:3001`
 //! (normally `loadgen` starts it for you; see `scripts/bench.sh` and `BENCHMARKS.md`).
 //!
 //! Modes:
