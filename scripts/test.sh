@@ -20,8 +20,15 @@ echo "==> cargo clippy (the crate and the loadtest member)"
 # so this costs the same as the crate's own clippy plus the two load binaries.
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
-echo "==> cargo build --no-default-features (the documented minimal build)"
+echo "==> cargo build: with no feature, then with each feature alone"
 cargo build --no-default-features --quiet
+# Every feature declared in Cargo.toml, read from cargo itself so a new feature is covered.
+features=$(cargo metadata --no-deps --format-version 1 \
+  | python3 -c 'import json, sys; p = [p for p in json.load(sys.stdin)["packages"] if p["name"] == "tower-sse"][0]; print(" ".join(f for f in p["features"] if f != "default"))')
+for feature in $features; do
+  echo "    --features $feature"
+  cargo build --no-default-features --features "$feature" --quiet
+done
 
 echo "==> cargo test --all-features"
 cargo test --all-features

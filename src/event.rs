@@ -234,6 +234,7 @@ pub enum EventError {
     NoFields,
     /// The value given to [`EventBuilder::json_data`] could not be serialized.
     #[cfg(feature = "json")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "json")))]
     Json(serde_json::Error),
 }
 
