@@ -33,7 +33,7 @@ pub mod layer;
 pub mod manager;
 pub mod stream;
 
-pub use event::{Event, EventBuilder, EventError, Field, KEEP_ALIVE};
+pub use event::{Event, EventBuilder, EventError, EventType, Field, KEEP_ALIVE};
 pub use last_event_id::{InvalidLastEventId, LastEventId};
 pub use layer::{Sse, SseContext, SseLayer};
 pub use manager::{Connect, ConnectionManager};
