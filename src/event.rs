@@ -384,7 +384,7 @@ pub enum EventError {
         /// The field that held the control character.
         field: Field,
     },
-    /// An `id` longer than [`DEFAULT_MAX_LEN`](crate::last_event_id::DEFAULT_MAX_LEN)
+    /// An `id` longer than [`DEFAULT_MAX_LEN`]
     /// bytes, the longest [`LastEventId`](crate::LastEventId) accepts back.
     TooLong {
         /// The field that was too long.
@@ -594,7 +594,7 @@ impl EventBuilder {
     /// parses back. Fails in [`build`](Self::build) with [`EventError::LineBreak`] for CR or
     /// LF, [`EventError::Nul`] for NUL, [`EventError::ControlCharacter`] for any other
     /// [control character](char::is_control), and [`EventError::TooLong`] past
-    /// [`DEFAULT_MAX_LEN`](crate::last_event_id::DEFAULT_MAX_LEN) (256) bytes.
+    /// [`DEFAULT_MAX_LEN`] (256) bytes.
     pub fn id(mut self, id: impl AsRef<str>) -> Self {
         let id = id.as_ref();
         if !self.begin(SET_ID, Field::Id) {

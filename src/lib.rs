@@ -22,6 +22,8 @@
 //!   topic or all; complete, evict, replay by `Last-Event-ID`.
 //! - [`stream`]: [`response`], any `Stream` of events as an `http::Response`.
 //! - [`last_event_id`]: the reconnecting client's `Last-Event-ID`, validated.
+//! - `listener` (feature `listener`): `GuardedListener`, a TCP listener that aborts
+//!   connections whose writes stall and refuses connections past a cap with `503`.
 //!
 //! [Server-Sent Events]: https://html.spec.whatwg.org/multipage/server-sent-events.html
 //! [tower]: https://docs.rs/tower
@@ -30,6 +32,9 @@
 pub mod event;
 pub mod last_event_id;
 pub mod layer;
+#[cfg(feature = "listener")]
+#[cfg_attr(docsrs, doc(cfg(feature = "listener")))]
+pub mod listener;
 pub mod manager;
 pub mod stream;
 
