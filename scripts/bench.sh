@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole benchmark report: the load scenarios over loopback for tower-sse and its two
 # baselines (axum's Sse over a broadcast channel, bare hyper), a memory attribution run, and
-# the criterion benches; writes target/bench/results.json and draws docs/bench.svg.
+# the criterion benches; writes target/bench/results.json and draws docs/bench.svg. The issue-12
+# scenarios (stuck clients, garbage ids, memory after a flood per allocator) go to
+# target/bench/memory.jsonl.
 #
 # Usage: scripts/bench.sh [extra loadgen options...]
 #   BENCH_SKIP_CRITERION=1   skip the criterion benches
@@ -25,8 +27,13 @@ if awk -v l="$load" 'BEGIN { exit !(l > 0.5) }'; then
     echo "warning: load average is $load; other work on this machine will skew the figures" >&2
 fi
 
-echo "== building (release)"
-cargo build --release --example loadserver --example loadgen
+echo "== building (release): the load server with each allocator, then the default (glibc)"
+for alloc in jemalloc mimalloc; do
+    cargo build --release -p loadtest --features "$alloc"
+    cp target/release/loadserver "$OUT/loadserver-$alloc"
+done
+cargo build --release -p loadtest
+cp target/release/loadserver "$OUT/loadserver-glibc"
 
 echo "== machine"
 python3 - "$OUT/machine.json" <<'EOF'
@@ -50,13 +57,13 @@ machine = {
     "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     "git": sh("git", "rev-parse", "--short", "HEAD"),
     # Uncommitted changes to the crate itself (other work in progress) change the figures.
-    "git_dirty": sh("git", "status", "--porcelain", "--", "src", "Cargo.toml", "Cargo.lock").splitlines(),
+    "git_dirty": sh("git", "status", "--porcelain", "--", "src", "loadtest", "Cargo.toml", "Cargo.lock").splitlines(),
 }
 json.dump(machine, open(sys.argv[1], "w"), indent=1)
 print(json.dumps(machine))
 EOF
 
-LOADGEN=target/release/examples/loadgen
+LOADGEN=target/release/loadgen
 # The three stacks of issue 6, every scenario.
 MAIN_CMD="$LOADGEN --modes tower-sse,axum-broadcast,hyper-bare --scenarios fanout,latency,idle,slow,churn $*"
 # The kernel's floor for fan-out and latency: no HTTP library, one write per event.
@@ -64,6 +71,13 @@ RAW_CMD="$LOADGEN --modes tokio-raw --scenarios fanout,latency $*"
 # Attribution: the crate without axum::serve (bare hyper loop), memory and churn.
 ATTR_CMD="$LOADGEN --modes tower-sse-hyper,tower-sse:hyper,axum-broadcast:hyper --scenarios idle --idle-secs 2 $*"
 ATTR_CHURN_CMD="$LOADGEN --modes tower-sse-hyper --scenarios churn $*"
+# Issue 12: hostile clients, and memory after a flood with each allocator (target/bench/memory.jsonl).
+HOSTILE_CMD="$LOADGEN --modes tower-sse --scenarios stuck,garbage-id $*"
+FLOOD_CMDS=(
+    "$LOADGEN --server $OUT/loadserver-glibc --modes tower-sse,hyper-bare --scenarios flood $*"
+    "$LOADGEN --server $OUT/loadserver-jemalloc --modes tower-sse,hyper-bare --scenarios flood $*"
+    "$LOADGEN --server $OUT/loadserver-mimalloc --modes tower-sse --scenarios flood $*"
+)
 CRITERION_ARGS=${CRITERION_ARGS:---warm-up-time 0.5 --measurement-time 1 --noplot}
 
 if [ -z "${BENCH_SKIP_LOAD:-}" ]; then
@@ -75,6 +89,12 @@ if [ -z "${BENCH_SKIP_LOAD:-}" ]; then
         echo "== $cmd"
         # shellcheck disable=SC2086
         $cmd --out "$OUT/load.jsonl" > /dev/null 2> >(tee -a "$OUT/loadgen.log" >&2)
+    done
+    rm -f "$OUT/memory.jsonl"
+    for cmd in "$HOSTILE_CMD" "${FLOOD_CMDS[@]}"; do
+        echo "== $cmd"
+        # shellcheck disable=SC2086
+        $cmd --out "$OUT/memory.jsonl" > /dev/null 2> >(tee -a "$OUT/loadgen.log" >&2)
     done
 fi
 

@@ -10,11 +10,21 @@ bash scripts/compat-clients.sh
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 
-echo "==> cargo clippy"
+echo "==> cargo clippy (the crate, then the loadtest member)"
 cargo clippy --all-targets --all-features -- -D warnings
+# Default features only: `--all-features` would build both optional C allocators of the load
+# server (jemalloc, mimalloc) for nothing. The other dependencies are already checked.
+cargo clippy -p loadtest --all-targets -- -D warnings
 
-echo "==> cargo build --no-default-features (the documented minimal build)"
+echo "==> cargo build: with no feature, then with each feature alone"
 cargo build --no-default-features --quiet
+# Every feature declared in Cargo.toml, read from cargo itself so a new feature is covered.
+features=$(cargo metadata --no-deps --format-version 1 \
+  | python3 -c 'import json, sys; p = [p for p in json.load(sys.stdin)["packages"] if p["name"] == "tower-sse"][0]; print(" ".join(f for f in p["features"] if f != "default"))')
+for feature in $features; do
+  echo "    --features $feature"
+  cargo build --no-default-features --features "$feature" --quiet
+done
 
 echo "==> cargo test --all-features"
 cargo test --all-features

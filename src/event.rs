@@ -4,7 +4,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use tower_sse::Event;
+//! use tower_sse::{Event, EventType};
 //!
 //! # fn main() -> Result<(), tower_sse::EventError> {
 //! // The common case cannot fail: any text is valid data.
@@ -22,6 +22,11 @@
 //!     update.as_bytes(),
 //!     &b"event: price\nid: 42\nretry: 3000\ndata: EUR 1.0842\n\n"[..]
 //! );
+//!
+//! // A constant event type is checked at compile time, so a named event cannot fail.
+//! const TICK: EventType = EventType::from_static("tick");
+//! let tick = Event::named(TICK, "1");
+//! assert_eq!(tick.as_bytes(), &b"event: tick\ndata: 1\n\n"[..]);
 //!
 //! // Input the wire format cannot carry is a typed error, never a panic.
 //! let err = Event::builder().id("4\n2").data("x").build().unwrap_err();
@@ -46,6 +51,8 @@ use std::fmt;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::last_event_id::{check_id, IdFault, DEFAULT_MAX_LEN};
 
 /// One encoded event, ready to be written to any number of streams.
 ///
@@ -110,6 +117,29 @@ impl Event {
         let text = text.as_ref().as_bytes();
         let mut buf = BytesMut::with_capacity(text.len() + 4);
         write_comment(&mut buf, text);
+        buf.put_u8(b'\n');
+        Event {
+            bytes: buf.freeze(),
+            id: None,
+        }
+    }
+
+    /// An event of type `event_type` whose data is `data`. Cannot fail: the type was checked
+    /// when the [`EventType`] was made, and any text is valid data.
+    ///
+    /// ```
+    /// use tower_sse::{Event, EventType};
+    ///
+    /// const PRICE: EventType = EventType::from_static("price");
+    /// let event = Event::named(PRICE, "1.5");
+    /// assert_eq!(event.as_bytes(), &b"event: price\ndata: 1.5\n\n"[..]);
+    /// ```
+    pub fn named(event_type: EventType, data: impl AsRef<str>) -> Event {
+        let name = event_type.as_str().as_bytes();
+        let data = data.as_ref().as_bytes();
+        let mut buf = BytesMut::with_capacity(name.len() + data.len() + 16);
+        write_field(&mut buf, b"event: ", name);
+        write_data(&mut buf, data);
         buf.put_u8(b'\n');
         Event {
             bytes: buf.freeze(),
@@ -186,6 +216,11 @@ impl Event {
         let Some((start, len)) = self.id else {
             return self.with_validated_id(prefix);
         };
+        // The id must stay one a client can send back: past the bound, the prefix alone
+        // (the stream is over; its old id is not needed to resume it).
+        if len as usize + prefix.len() > crate::last_event_id::DEFAULT_MAX_LEN {
+            return self.without_id().with_validated_id(prefix);
+        }
         let at = start as usize;
         let mut buf = BytesMut::with_capacity(self.bytes.len() + prefix.len());
         buf.extend_from_slice(&self.bytes[..at]);
@@ -291,6 +326,127 @@ impl fmt::Display for Field {
     }
 }
 
+/// A validated event type for [`Event::named`] and [`EventBuilder::event`], made once, usually
+/// as a constant, like [`http::HeaderName::from_static`].
+///
+/// An event type selects the listener on the client (`addEventListener(type, ...)`). It must
+/// not be empty (clients dispatch an empty type as `message`) and must not hold CR or LF
+/// (they would end the field early). Other characters are fine: the type is never sent back
+/// by the client, so the stricter [id rule](EventBuilder::id) does not apply to it.
+///
+/// ```
+/// use tower_sse::{Event, EventType};
+///
+/// const TICK: EventType = EventType::from_static("tick");
+/// assert_eq!(TICK.as_str(), "tick");
+/// assert_eq!(Event::named(TICK, "1").as_bytes(), &b"event: tick\ndata: 1\n\n"[..]);
+///
+/// // The builder takes it too.
+/// let event = Event::builder().event(TICK).id("7").data("1").build().unwrap();
+/// assert_eq!(event.as_bytes(), &b"event: tick\nid: 7\ndata: 1\n\n"[..]);
+///
+/// // A type known only at run time is checked without panicking.
+/// assert!(EventType::try_from("a\nb").is_err());
+/// ```
+///
+/// An invalid constant does not compile:
+///
+/// ```compile_fail
+/// const BAD: tower_sse::EventType = tower_sse::EventType::from_static("two\nlines");
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EventType(&'static str);
+
+impl EventType {
+    /// Makes an event type from a string literal, checked at compile time when used in a
+    /// `const` (the usual way: `const TICK: EventType = EventType::from_static("tick");`).
+    ///
+    /// # Panics
+    ///
+    /// If `name` is empty or contains CR or LF. In a `const` item that is a compile error, so
+    /// it never reaches run time; called outside a const context with such a value, it
+    /// panics, exactly like [`http::HeaderName::from_static`]. For values known only at run
+    /// time use [`EventType::try_from`] or [`EventBuilder::event`], which return an error.
+    pub const fn from_static(name: &'static str) -> EventType {
+        match check_event_type(name.as_bytes()) {
+            Ok(()) => EventType(name),
+            Err(EventTypeFault::Empty) => panic!("EventType::from_static: empty event type"),
+            Err(EventTypeFault::LineBreak) => {
+                panic!("EventType::from_static: event type contains CR or LF")
+            }
+        }
+    }
+
+    /// The event type as written on the wire.
+    pub const fn as_str(&self) -> &'static str {
+        self.0
+    }
+}
+
+impl TryFrom<&'static str> for EventType {
+    type Error = EventError;
+
+    /// Checks `name` as [`EventType::from_static`] does, returning an error instead of
+    /// panicking: [`EventError::EmptyEventType`] or [`EventError::LineBreak`].
+    fn try_from(name: &'static str) -> Result<EventType, EventError> {
+        match check_event_type(name.as_bytes()) {
+            Ok(()) => Ok(EventType(name)),
+            Err(fault) => Err(fault.into()),
+        }
+    }
+}
+
+impl AsRef<str> for EventType {
+    fn as_ref(&self) -> &str {
+        self.0
+    }
+}
+
+impl fmt::Debug for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("EventType").field(&self.0).finish()
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+/// Why a value is not an event type.
+#[derive(Clone, Copy)]
+enum EventTypeFault {
+    Empty,
+    LineBreak,
+}
+
+impl From<EventTypeFault> for EventError {
+    fn from(fault: EventTypeFault) -> EventError {
+        match fault {
+            EventTypeFault::Empty => EventError::EmptyEventType,
+            EventTypeFault::LineBreak => EventError::LineBreak {
+                field: Field::Event,
+            },
+        }
+    }
+}
+
+/// The rule for event types, usable in a `const fn`: not empty, no CR or LF.
+const fn check_event_type(name: &[u8]) -> Result<(), EventTypeFault> {
+    if name.is_empty() {
+        return Err(EventTypeFault::Empty);
+    }
+    let mut i = 0;
+    while i < name.len() {
+        if name[i] == b'\n' || name[i] == b'\r' {
+            return Err(EventTypeFault::LineBreak);
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
 /// Why an event could not be built: the input cannot be carried by the SSE wire format, or
 /// would decode differently from what was asked.
 #[derive(Debug)]
@@ -307,6 +463,24 @@ pub enum EventError {
         /// The field that held the NUL.
         field: Field,
     },
+    /// A control character other than CR, LF and NUL in `id` (tab, 0x01, DEL, U+0085 and
+    /// the rest of [`char::is_control`]). Clients would keep such an id, but the
+    /// [`LastEventId`](crate::LastEventId) they send back with it is refused, so they could
+    /// never resume from it.
+    ControlCharacter {
+        /// The field that held the control character.
+        field: Field,
+    },
+    /// An `id` longer than [`DEFAULT_MAX_LEN`]
+    /// bytes, the longest [`LastEventId`](crate::LastEventId) accepts back.
+    TooLong {
+        /// The field that was too long.
+        field: Field,
+        /// Its length, in bytes.
+        len: usize,
+        /// The longest allowed, in bytes.
+        max: usize,
+    },
     /// A single-valued field was set twice.
     Duplicate {
         /// The field set twice.
@@ -318,6 +492,7 @@ pub enum EventError {
     NoFields,
     /// The value given to [`EventBuilder::json_data`] could not be serialized.
     #[cfg(feature = "json")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "json")))]
     Json(serde_json::Error),
 }
 
@@ -327,6 +502,8 @@ impl EventError {
         match self {
             EventError::LineBreak { field }
             | EventError::Nul { field }
+            | EventError::ControlCharacter { field }
+            | EventError::TooLong { field, .. }
             | EventError::Duplicate { field } => Some(*field),
             EventError::EmptyEventType => Some(Field::Event),
             EventError::NoFields => None,
@@ -346,6 +523,14 @@ impl fmt::Display for EventError {
             EventError::Nul { field } => write!(
                 f,
                 "SSE field `{field}` contains a NUL character, so clients would ignore it"
+            ),
+            EventError::ControlCharacter { field } => write!(
+                f,
+                "SSE field `{field}` contains a control character, which a reconnecting client's Last-Event-ID may not hold"
+            ),
+            EventError::TooLong { field, len, max } => write!(
+                f,
+                "SSE field `{field}` is {len} bytes long, more than the {max} a Last-Event-ID may hold"
             ),
             EventError::Duplicate { field } => {
                 write!(f, "SSE field `{field}` was set more than once")
@@ -470,19 +655,18 @@ impl EventBuilder {
     }
 
     /// Sets the event type, which selects the listener on the client
-    /// (`addEventListener(type, ...)`). Without it the type is `message`.
+    /// (`addEventListener(type, ...)`). Without it the type is `message`. Takes a `&str` or
+    /// an [`EventType`] constant.
     ///
-    /// Fails in [`build`](Self::build) if `event` is empty or contains CR or LF.
+    /// Fails in [`build`](Self::build) if `event` is empty or contains CR or LF (see
+    /// [`EventType`] for why no stricter rule applies).
     pub fn event(mut self, event: impl AsRef<str>) -> Self {
         let event = event.as_ref();
         if !self.begin(SET_EVENT, Field::Event) {
             return self;
         }
-        if event.is_empty() {
-            return self.fail(EventError::EmptyEventType);
-        }
-        if let Some(e) = check_line(event.as_bytes(), Field::Event) {
-            return self.fail(e);
+        if let Err(fault) = check_event_type(event.as_bytes()) {
+            return self.fail(fault.into());
         }
         write_field(&mut self.buf, b"event: ", event.as_bytes());
         self
@@ -492,14 +676,19 @@ impl EventBuilder {
     /// carries over to later events that have no id. An empty id resets the client's last
     /// event id.
     ///
-    /// Fails in [`build`](Self::build) if `id` contains CR, LF or NUL.
+    /// The id must be one a reconnecting client can send back: the rule is the one
+    /// [`LastEventId`](crate::LastEventId) applies to the header, so every id that builds
+    /// parses back. Fails in [`build`](Self::build) with [`EventError::LineBreak`] for CR or
+    /// LF, [`EventError::Nul`] for NUL, [`EventError::ControlCharacter`] for any other
+    /// [control character](char::is_control), and [`EventError::TooLong`] past
+    /// [`DEFAULT_MAX_LEN`] (256) bytes.
     pub fn id(mut self, id: impl AsRef<str>) -> Self {
         let id = id.as_ref();
         if !self.begin(SET_ID, Field::Id) {
             return self;
         }
-        if let Some(e) = check_id(id) {
-            return self.fail(e);
+        if let Err(fault) = check_id(id, DEFAULT_MAX_LEN) {
+            return self.fail(id_error(fault));
         }
         let start = self.buf.len() + 4;
         write_field(&mut self.buf, b"id: ", id.as_bytes());
@@ -511,8 +700,8 @@ impl EventBuilder {
     /// stream ends. Written as whole milliseconds (sub-millisecond parts are dropped).
     pub fn retry(mut self, retry: Duration) -> Self {
         if self.begin(SET_RETRY, Field::Retry) {
-            let mut digits = [0u8; 40];
-            let millis = decimal(retry.as_millis(), &mut digits);
+            let mut digits = itoa::Buffer::new();
+            let millis = digits.format(retry.as_millis());
             write_field(&mut self.buf, b"retry: ", millis.as_bytes());
         }
         self
@@ -549,20 +738,15 @@ impl EventBuilder {
     }
 }
 
-/// Checks a value for a single-line field.
-fn check_line(value: &[u8], field: Field) -> Option<EventError> {
-    find_line_break(value).map(|_| EventError::LineBreak { field })
-}
-
-/// Checks an id: single line, no NUL.
-fn check_id(id: &str) -> Option<EventError> {
-    if let Some(e) = check_line(id.as_bytes(), Field::Id) {
-        return Some(e);
+/// The error for an id that breaks the shared id rule.
+fn id_error(fault: IdFault) -> EventError {
+    let field = Field::Id;
+    match fault {
+        IdFault::TooLong { len, max } => EventError::TooLong { field, len, max },
+        IdFault::LineBreak => EventError::LineBreak { field },
+        IdFault::Nul => EventError::Nul { field },
+        IdFault::Control => EventError::ControlCharacter { field },
     }
-    if id.as_bytes().contains(&0) {
-        return Some(EventError::Nul { field: Field::Id });
-    }
-    None
 }
 
 fn write_field(buf: &mut BytesMut, name: &[u8], value: &[u8]) {
@@ -612,47 +796,9 @@ fn write_lines(buf: &mut BytesMut, prefix: &[u8], mut rest: &[u8]) {
     }
 }
 
-/// Position of the first CR or LF, scanning eight bytes at a time.
+/// Position of the first CR or LF.
 fn find_line_break(bytes: &[u8]) -> Option<usize> {
-    const LO: u64 = 0x0101_0101_0101_0101;
-    const HI: u64 = 0x8080_8080_8080_8080;
-    const LF: u64 = LO * b'\n' as u64;
-    const CR: u64 = LO * b'\r' as u64;
-    let mut chunks = bytes.chunks_exact(8);
-    let mut offset = 0;
-    for chunk in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        let w = u64::from_le_bytes(word);
-        let (x, y) = (w ^ LF, w ^ CR);
-        // Classic "has zero byte": the lowest flagged byte is always exact in little-endian
-        // order, which is all we need.
-        let found = ((x.wrapping_sub(LO) & !x) | (y.wrapping_sub(LO) & !y)) & HI;
-        if found != 0 {
-            return Some(offset + (found.trailing_zeros() / 8) as usize);
-        }
-        offset += 8;
-    }
-    chunks
-        .remainder()
-        .iter()
-        .position(|&b| b == b'\n' || b == b'\r')
-        .map(|p| offset + p)
-}
-
-/// Formats `n` in decimal into `out` (39 digits hold `u128::MAX`), returning the digits.
-pub(crate) fn decimal(mut n: u128, out: &mut [u8; 40]) -> &str {
-    let mut i = out.len();
-    loop {
-        i -= 1;
-        out[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    // Only ASCII digits were written.
-    std::str::from_utf8(&out[i..]).unwrap_or("0")
+    memchr::memchr2(b'\n', b'\r', bytes)
 }
 
 #[cfg(test)]
@@ -732,6 +878,65 @@ mod tests {
         assert!(err.to_string().contains("`id`"));
         // NUL is fine in an event type and in data.
         assert!(Event::builder().event("a\0").data("\0").build().is_ok());
+    }
+
+    #[test]
+    fn id_follows_the_last_event_id_rule() {
+        for bad in ["a\tb", "\u{1}", "\u{7f}", "x\u{85}", "\u{9f}"] {
+            let err = Event::builder().id(bad).data("x").build().unwrap_err();
+            assert!(
+                matches!(err, EventError::ControlCharacter { field: Field::Id }),
+                "{bad:?}: {err:?}"
+            );
+            assert_eq!(err.field(), Some(Field::Id));
+        }
+        let long = "7".repeat(DEFAULT_MAX_LEN + 1);
+        let err = Event::builder().id(&long).build().unwrap_err();
+        assert!(matches!(
+            err,
+            EventError::TooLong {
+                field: Field::Id,
+                len: 257,
+                max: 256
+            }
+        ));
+        assert!(err.to_string().contains("257"));
+        let max = "7".repeat(DEFAULT_MAX_LEN);
+        assert!(Event::builder().id(&max).build().is_ok());
+        // U+00A0 and U+2028 are not control characters: fine in an id.
+        assert!(Event::builder().id("a\u{a0}\u{2028}").build().is_ok());
+    }
+
+    #[test]
+    fn named_events_and_event_types() {
+        const TICK: EventType = EventType::from_static("tick");
+        assert_eq!(
+            enc(Event::named(TICK, "a\nb")),
+            "event: tick\ndata: a\ndata: b\n\n"
+        );
+        let built = Event::builder().event(TICK).data("a\nb").build().unwrap();
+        assert_eq!(built, Event::named(TICK, "a\nb"));
+        assert_eq!(TICK.to_string(), "tick");
+        assert_eq!(format!("{TICK:?}"), "EventType(\"tick\")");
+        // The type is never sent back, so only the wire rule applies: NUL and tab are fine.
+        assert!(EventType::try_from("a\0\t").is_ok());
+        assert!(matches!(
+            EventType::try_from(""),
+            Err(EventError::EmptyEventType)
+        ));
+        assert!(matches!(
+            EventType::try_from("a\rb"),
+            Err(EventError::LineBreak {
+                field: Field::Event
+            })
+        ));
+    }
+
+    #[test]
+    #[should_panic(expected = "CR or LF")]
+    fn from_static_panics_outside_const() {
+        let name: &'static str = Box::leak(String::from("a\nb").into_boxed_str());
+        let _ = EventType::from_static(name);
     }
 
     #[test]

@@ -34,10 +34,58 @@ use http::HeaderMap;
 pub const LAST_EVENT_ID: http::HeaderName = http::HeaderName::from_static("last-event-id");
 
 /// The longest id accepted by default, in bytes.
+///
+/// [`EventBuilder::id`](crate::EventBuilder::id) refuses longer ids, so every id this crate
+/// sends is one [`LastEventId::parse`] accepts back.
 pub const DEFAULT_MAX_LEN: usize = 256;
+
+/// Why a value breaks [the id rule](check_id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IdFault {
+    /// Longer than the bound, in bytes.
+    TooLong { len: usize, max: usize },
+    /// A CR or LF.
+    LineBreak,
+    /// A NUL.
+    Nul,
+    /// Any other control character ([`char::is_control`]: U+0000–U+001F, U+007F–U+009F,
+    /// so tab, 0x01, DEL and U+0085 too).
+    Control,
+}
+
+/// The one rule for event ids, shared by the encoder and the `Last-Event-ID` parser, so that
+/// an id the encoder accepts is always accepted back when a client reconnects with it: at
+/// most `max_len` bytes, and no control character. Line breaks and NUL are told apart
+/// because the encoder names them (they would also break the wire format itself).
+pub(crate) fn check_id(id: &str, max_len: usize) -> Result<(), IdFault> {
+    check_id_len(id.len(), max_len)?;
+    let bytes = id.as_bytes();
+    if memchr::memchr2(b'\n', b'\r', bytes).is_some() {
+        return Err(IdFault::LineBreak);
+    }
+    if memchr::memchr(0, bytes).is_some() {
+        return Err(IdFault::Nul);
+    }
+    if id.chars().any(char::is_control) {
+        return Err(IdFault::Control);
+    }
+    Ok(())
+}
+
+/// The length half of [`check_id`], for raw header bytes checked before UTF-8 decoding.
+fn check_id_len(len: usize, max: usize) -> Result<(), IdFault> {
+    if len > max {
+        return Err(IdFault::TooLong { len, max });
+    }
+    Ok(())
+}
 
 /// A validated `Last-Event-ID`: valid UTF-8, at most the allowed length, no control
 /// characters. Safe to log, to compare, and to look up in a replay history.
+///
+/// With the [default bound](DEFAULT_MAX_LEN) this is the rule
+/// [`EventBuilder::id`](crate::EventBuilder::id) applies: every id an event can carry parses
+/// back, and no id that fails here can be sent.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct LastEventId(Box<str>);
 
@@ -62,16 +110,10 @@ impl LastEventId {
         value: &[u8],
         max_len: usize,
     ) -> Result<Option<LastEventId>, InvalidLastEventId> {
-        if value.len() > max_len {
-            return Err(InvalidLastEventId::TooLong {
-                len: value.len(),
-                max: max_len,
-            });
-        }
+        // Length first: an oversized header is refused before it is decoded.
+        check_id_len(value.len(), max_len).map_err(InvalidLastEventId::from)?;
         let value = std::str::from_utf8(value).map_err(|_| InvalidLastEventId::NotUtf8)?;
-        if value.chars().any(char::is_control) {
-            return Err(InvalidLastEventId::ControlCharacter);
-        }
+        check_id(value, max_len).map_err(InvalidLastEventId::from)?;
         if value.is_empty() {
             return Ok(None);
         }
@@ -144,7 +186,8 @@ pub enum InvalidLastEventId {
     },
     /// Not valid UTF-8.
     NotUtf8,
-    /// Contains a control character (such as CR, LF or NUL), which no id we sent can hold.
+    /// Contains a control character ([`char::is_control`]: CR, LF, NUL, tab, DEL, U+0085 and
+    /// the rest of U+0000–U+001F and U+007F–U+009F), which no id this crate sends can hold.
     ControlCharacter,
     /// The header appeared more than once.
     Repeated,
@@ -169,6 +212,17 @@ impl fmt::Display for InvalidLastEventId {
 }
 
 impl std::error::Error for InvalidLastEventId {}
+
+impl From<IdFault> for InvalidLastEventId {
+    fn from(fault: IdFault) -> Self {
+        match fault {
+            IdFault::TooLong { len, max } => InvalidLastEventId::TooLong { len, max },
+            IdFault::LineBreak | IdFault::Nul | IdFault::Control => {
+                InvalidLastEventId::ControlCharacter
+            }
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -23,6 +23,8 @@
 //! - [`stream`]: [`response`], any `Stream` of events as an `http::Response`.
 //! - [`last_event_id`]: the reconnecting client's `Last-Event-ID`, validated.
 //! - [`backplane`]: several managers as one hub (Redis, with the `redis` feature).
+//! - `listener` (feature `listener`): `GuardedListener`, a TCP listener that aborts
+//!   connections whose writes stall and refuses connections past a cap with `503`.
 //!
 //! [Server-Sent Events]: https://html.spec.whatwg.org/multipage/server-sent-events.html
 //! [tower]: https://docs.rs/tower
@@ -32,11 +34,14 @@ pub mod backplane;
 pub mod event;
 pub mod last_event_id;
 pub mod layer;
+#[cfg(feature = "listener")]
+#[cfg_attr(docsrs, doc(cfg(feature = "listener")))]
+pub mod listener;
 pub mod manager;
 pub mod stream;
 pub mod telemetry;
 
-pub use event::{Event, EventBuilder, EventError, Field, KEEP_ALIVE};
+pub use event::{Event, EventBuilder, EventError, EventType, Field, KEEP_ALIVE};
 pub use last_event_id::{InvalidLastEventId, LastEventId};
 pub use layer::{
     FinishedPrefix, InvalidFinishedPrefix, Sse, SseContext, SseLayer, StreamEnd,

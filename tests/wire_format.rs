@@ -18,7 +18,8 @@ use futures_util::StreamExt as _;
 use proptest::collection::vec;
 use proptest::option;
 use proptest::prelude::*;
-use tower_sse::{Event, EventError, Field, KEEP_ALIVE};
+use tower_sse::last_event_id::DEFAULT_MAX_LEN;
+use tower_sse::{Event, EventError, Field, LastEventId, KEEP_ALIVE};
 
 // ---- Helpers -------------------------------------------------------------------------------
 
@@ -482,9 +483,35 @@ fn line_piece() -> impl Strategy<Value = String> {
     data_piece().prop_map(|s| s.replace(['\r', '\n'], ""))
 }
 
-/// A valid id: no CR, LF or NUL; may be empty.
+/// A valid id: no control character (so no CR, LF or NUL either), at most 256 bytes; may be
+/// empty.
 fn valid_id() -> impl Strategy<Value = String> {
-    vec(line_piece(), 0..6).prop_map(|p| p.concat().replace('\0', ""))
+    vec(line_piece(), 0..6).prop_map(|p| p.concat().replace(char::is_control, ""))
+}
+
+/// Any candidate id: arbitrary strings, the pieces above (every control character class,
+/// C1 U+0085, astral characters), and lengths around the 256-byte bound.
+fn any_id() -> impl Strategy<Value = String> {
+    let near_bound = (
+        DEFAULT_MAX_LEN - 8..DEFAULT_MAX_LEN + 8,
+        any::<char>(),
+        any::<bool>(),
+    )
+        .prop_map(|(len, c, multibyte)| {
+            let mut id = if multibyte {
+                "é".repeat(len / 2)
+            } else {
+                "x".repeat(len)
+            };
+            id.push(c);
+            id
+        });
+    prop_oneof![
+        any::<String>(),
+        vec(data_piece(), 0..8).prop_map(|p| p.concat()),
+        "[\\x00-\\x20\\x7e-\\u{a0}]{0,4}",
+        near_bound,
+    ]
 }
 
 /// A valid event type: not empty, no CR or LF (NUL is fine).
@@ -626,6 +653,8 @@ enum Verdict {
     Ok,
     LineBreak(Field),
     Nul(Field),
+    ControlCharacter(Field),
+    TooLong(Field),
     Duplicate(Field),
     EmptyEventType,
     NoFields,
@@ -636,6 +665,8 @@ fn verdict(result: &Result<Event, EventError>) -> Verdict {
         Ok(_) => Verdict::Ok,
         Err(EventError::LineBreak { field }) => Verdict::LineBreak(*field),
         Err(EventError::Nul { field }) => Verdict::Nul(*field),
+        Err(EventError::ControlCharacter { field }) => Verdict::ControlCharacter(*field),
+        Err(EventError::TooLong { field, .. }) => Verdict::TooLong(*field),
         Err(EventError::Duplicate { field }) => Verdict::Duplicate(*field),
         Err(EventError::EmptyEventType) => Verdict::EmptyEventType,
         Err(EventError::NoFields) => Verdict::NoFields,
@@ -672,11 +703,17 @@ fn model(ops: &[Op]) -> (Verdict, Spec) {
                 if spec.id.is_some() {
                     return (Verdict::Duplicate(Field::Id), spec);
                 }
+                if i.len() > DEFAULT_MAX_LEN {
+                    return (Verdict::TooLong(Field::Id), spec);
+                }
                 if line_break(i) {
                     return (Verdict::LineBreak(Field::Id), spec);
                 }
                 if i.contains('\0') {
                     return (Verdict::Nul(Field::Id), spec);
+                }
+                if i.contains(char::is_control) {
+                    return (Verdict::ControlCharacter(Field::Id), spec);
                 }
                 spec.id = Some(i.clone());
             }
@@ -769,6 +806,22 @@ proptest! {
         }
         let want = if bad == "\0" { Verdict::Nul(Field::Id) } else { Verdict::LineBreak(Field::Id) };
         prop_assert_eq!(verdict(&builder.build()), want);
+    }
+
+    /// One rule for ids (issue 12): every id an event accepts, a reconnecting client can send
+    /// back as `Last-Event-ID` and have it accepted, and every id `LastEventId` refuses, the
+    /// encoder refuses too. An accepted id decodes to itself.
+    #[test]
+    fn ids_accepted_by_event_are_exactly_those_last_event_id_accepts(id in any_id()) {
+        let built = Event::builder().id(&id).data("x").build();
+        let parsed = LastEventId::parse(&id);
+        prop_assert_eq!(built.is_ok(), parsed.is_ok(), "id {:?}: {:?} vs {:?}", id, built, parsed);
+        if let (Ok(event), Ok(parsed)) = (built, parsed) {
+            prop_assert_eq!(event.id(), Some(id.as_str()));
+            prop_assert_eq!(decode(event.as_bytes()).last_event_id, id.clone());
+            // An empty id resets the client's last event id, so it sends no header at all.
+            prop_assert_eq!(parsed.as_ref().map(LastEventId::as_str), (!id.is_empty()).then_some(id.as_str()));
+        }
     }
 
     /// An event type with CR or LF anywhere is an error.

@@ -47,7 +47,6 @@ pub(crate) struct Config {
     pub(crate) initial: Option<Bytes>,
     pub(crate) cache_control: HeaderValue,
     pub(crate) x_accel_buffering: bool,
-    pub(crate) max_last_event_id_len: usize,
     pub(crate) finished: Option<FinishedPrefix>,
     #[cfg(feature = "metrics")]
     pub(crate) meters: LayerMeters,
@@ -97,7 +96,6 @@ impl Default for Config {
             initial: None,
             cache_control: HeaderValue::from_static("no-cache"),
             x_accel_buffering: true,
-            max_last_event_id_len: crate::last_event_id::DEFAULT_MAX_LEN,
             finished: Some(DEFAULT_FINISHED_PREFIX.clone()),
             #[cfg(feature = "metrics")]
             meters: LayerMeters::new(),
@@ -292,12 +290,6 @@ impl SseLayer {
     /// On by default.
     pub fn x_accel_buffering(self, enabled: bool) -> Self {
         self.with(|c| c.x_accel_buffering = enabled)
-    }
-
-    /// The longest `Last-Event-ID` accepted, in bytes (default 256). Longer values are
-    /// reported as invalid in [`SseContext`](super::SseContext).
-    pub fn max_last_event_id_len(self, len: usize) -> Self {
-        self.with(|c| c.max_last_event_id_len = len)
     }
 
     /// The id prefix that marks a finished stream (default

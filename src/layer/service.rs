@@ -61,10 +61,8 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
-        let last_event_id = LastEventId::from_headers_with_max_len(
-            req.headers(),
-            self.config.max_last_event_id_len,
-        );
+        // The one rule for ids: exactly those `Event` accepts come back valid.
+        let last_event_id = LastEventId::from_headers(req.headers());
         if let (Ok(Some(id)), Some(prefix)) = (&last_event_id, &self.config.finished) {
             // The client comes back after the stream's last event: tell it to stop.
             if prefix.marks(id.as_str()) && accepts_event_stream(req.headers()) {

@@ -1,7 +1,7 @@
 //! The server side of the load test: one `GET /events` endpoint in one of four stacks, so
-//! `examples/loadgen.rs` can compare them in the same run.
+//! `loadgen` (`loadtest/src/bin/loadgen.rs`) can compare them in the same run.
 //!
-//! Run with `cargo run --release --example loadserver -- --mode tower-sse --addr 127.0.0.1:3001`
+//! Run with `cargo run --release -p loadtest --bin loadserver -- --mode tower-sse --addr 127.0.0.1:3001`
 //! (normally `loadgen` starts it for you; see `scripts/bench.sh` and `BENCHMARKS.md`).
 //!
 //! Modes:
@@ -31,6 +31,13 @@
 //! `--serve hyper` (serve the axum router of `tower-sse` or `axum-broadcast` with the bare
 //! hyper HTTP/1.1 loop instead of `axum::serve`, to measure what `axum::serve` itself costs).
 //!
+//! `--stall-ms N` (N > 0) serves through `tower_sse::listener::GuardedListener` with a stall
+//! timeout of N ms (with `axum::serve`: modes `tower-sse` and `axum-broadcast`), and
+//! `--history N` keeps N events of replay history in the manager (modes `tower-sse*`).
+//!
+//! The global allocator is chosen at build time: glibc's by default, `--features jemalloc`
+//! (tikv-jemallocator) or `--features mimalloc`. `/stats` and the start line name it.
+//!
 //! The process prints `listening on ADDR` once it accepts connections, and exits when its
 //! standard input closes, so a crashed load generator leaves no server behind.
 
@@ -57,8 +64,35 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 use tower::{Layer, ServiceExt};
+use tower_sse::listener::GuardedListener;
 use tower_sse::manager::{Connect, ConnectionBody, ConnectionManager};
 use tower_sse::{Event, SseContext, SseLayer};
+
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, read at its start (the environment's `_RJEM_MALLOC_CONF` overrides
+/// them): a background thread returns freed pages to the kernel after a second, also while
+/// the server is idle. Without it, jemalloc purges only when it is called, so a server that
+/// went quiet after a flood keeps what the flood used (BENCHMARKS.md, "Memory that comes
+/// back").
+#[cfg(feature = "jemalloc")]
+#[export_name = "_rjem_malloc_conf"]
+static MALLOC_CONF: &u8 = &b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0"[0];
+
+#[cfg(all(feature = "mimalloc", not(feature = "jemalloc")))]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The global allocator this binary was built with.
+const ALLOCATOR: &str = if cfg!(feature = "jemalloc") {
+    "jemalloc"
+} else if cfg!(feature = "mimalloc") {
+    "mimalloc"
+} else {
+    "glibc"
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -101,11 +135,16 @@ struct Args {
     workers: usize,
     /// Serve the axum router with the bare hyper loop instead of `axum::serve`.
     hyper_serve: bool,
+    /// Serve through a `GuardedListener` with this stall timeout.
+    stall: Option<Duration>,
+    /// Replay history kept by the manager, in events.
+    history: usize,
 }
 
 const USAGE: &str =
     "usage: loadserver --mode tower-sse|axum-broadcast|hyper-bare|tower-sse-hyper|tokio-raw \
-[--addr 127.0.0.1:0] [--heartbeat-ms 15000] [--queue 256] [--workers 2] [--serve axum|hyper]";
+[--addr 127.0.0.1:0] [--heartbeat-ms 15000] [--queue 256] [--workers 2] [--serve axum|hyper] \
+[--stall-ms 0] [--history 0]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -115,6 +154,8 @@ fn parse_args() -> Result<Args, String> {
         queue: 256,
         workers: 2,
         hyper_serve: false,
+        stall: None,
+        history: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -129,6 +170,11 @@ fn parse_args() -> Result<Args, String> {
             }
             "--queue" => args.queue = value.parse::<usize>().map_err(|_| bad(()))?.max(1),
             "--workers" => args.workers = value.parse::<usize>().map_err(|_| bad(()))?.max(1),
+            "--stall-ms" => {
+                let ms: u64 = value.parse().map_err(|_| bad(()))?;
+                args.stall = (ms > 0).then(|| Duration::from_millis(ms));
+            }
+            "--history" => args.history = value.parse().map_err(|_| bad(()))?,
             "--serve" => {
                 args.hyper_serve = match value.as_str() {
                     "axum" => false,
@@ -183,11 +229,21 @@ async fn run(args: Args) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     // The load generator waits for this line.
     println!("listening on {addr}");
+    eprintln!(
+        "loadserver: {} on {addr}, allocator {ALLOCATOR}",
+        args.mode.name()
+    );
+    let serve = Serve {
+        hyper: args.hyper_serve,
+        stall: args.stall,
+    };
     match args.mode {
         Mode::TowerSse | Mode::TowerSseHyper => {
-            let manager = ConnectionManager::builder()
-                .queue_capacity(args.queue)
-                .build();
+            let mut manager = ConnectionManager::builder().queue_capacity(args.queue);
+            if args.history > 0 {
+                manager = manager.replay(args.history, None);
+            }
+            let manager = manager.build();
             let layer = match args.heartbeat {
                 Some(interval) => SseLayer::new().heartbeat_interval(interval),
                 None => SseLayer::new().disable_heartbeat(),
@@ -200,7 +256,7 @@ async fn run(args: Args) -> std::io::Result<()> {
                     .route("/stats", get(ts_stats))
                     .layer(layer)
                     .with_state(state);
-                serve_router(listener, app, args.hyper_serve).await
+                serve_router(listener, app, serve).await
             } else {
                 let svc = layer.layer(tower::service_fn(move |req| {
                     let state = state.clone();
@@ -220,7 +276,7 @@ async fn run(args: Args) -> std::io::Result<()> {
                 .route("/publish", post(ab_publish))
                 .route("/stats", get(ab_stats))
                 .with_state(state);
-            serve_router(listener, app, args.hyper_serve).await
+            serve_router(listener, app, serve).await
         }
         Mode::TokioRaw => {
             let (tx, _) = broadcast::channel::<Bytes>(args.queue);
@@ -236,17 +292,29 @@ async fn run(args: Args) -> std::io::Result<()> {
     }
 }
 
+/// How an axum router is served.
+#[derive(Debug, Clone, Copy)]
+struct Serve {
+    /// The bare hyper loop instead of `axum::serve`.
+    hyper: bool,
+    /// `axum::serve` over a `GuardedListener` with this stall timeout.
+    stall: Option<Duration>,
+}
+
 /// axum's own server (hyper-util's auto builder), with `TCP_NODELAY` like every mode here;
 /// or, with `--serve hyper`, the same router on the bare hyper loop, to tell the cost of
-/// `axum::serve` from the cost of the router.
-async fn serve_router(
-    listener: TcpListener,
-    app: Router,
-    hyper_serve: bool,
-) -> std::io::Result<()> {
+/// `axum::serve` from the cost of the router; or, with `--stall-ms`, `axum::serve` over the
+/// crate's `GuardedListener`.
+async fn serve_router(listener: TcpListener, app: Router, serve: Serve) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
-    if hyper_serve {
+    if serve.hyper {
         return serve_hyper(listener, move |req| app.clone().oneshot(req)).await;
+    }
+    if let Some(stall) = serve.stall {
+        let listener = GuardedListener::new(listener)
+            .stall_timeout(stall)
+            .tcp_nodelay(true);
+        return axum::serve(listener, app).await;
     }
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
@@ -345,7 +413,7 @@ fn stats_json(mode: Mode, open: usize) -> String {
         .metrics()
         .num_alive_tasks();
     format!(
-        "{{\"mode\":\"{}\",\"open\":{open},\"tasks\":{tasks}}}",
+        "{{\"mode\":\"{}\",\"open\":{open},\"tasks\":{tasks},\"allocator\":\"{ALLOCATOR}\"}}",
         mode.name()
     )
 }

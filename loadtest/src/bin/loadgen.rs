@@ -1,8 +1,8 @@
 //! The load generator: opens thousands of real SSE connections over loopback to a
 //! `loadserver` child process and measures what users of an SSE server care about.
 //!
-//! Run with `cargo run --release --example loadgen -- --modes tower-sse,axum-broadcast,hyper-bare`
-//! after `cargo build --release --example loadserver`. It starts the sibling `loadserver`
+//! Run with `cargo run --release -p loadtest --bin loadgen -- --modes tower-sse,axum-broadcast,hyper-bare`
+//! after `cargo build --release -p loadtest` (which builds both binaries). It starts the sibling `loadserver`
 //! binary itself, one fresh process per scenario, so it knows the pid and reads the server's
 //! RSS and CPU time from `/proc`. `scripts/bench.sh` runs everything and writes the report;
 //! `--help` lists the options.
@@ -30,6 +30,19 @@
 //!   then whether open streams, tasks, file descriptors and RSS return to where they started,
 //!   and RSS after another round (a leak keeps climbing; an allocator's high-water mark
 //!   does not).
+//! - `stuck` (issue 12): `--stuck-clients` clients that read the response head and never
+//!   again (4 KiB receive buffers), against the server with the crate's `GuardedListener`
+//!   (`--stuck-stall-ms`) and without it; a prefill (`--stuck-prefill-events` of 64 KiB, more
+//!   than the kernel's buffers hold, then more small ones than the manager's queue holds,
+//!   paced) makes every one of them stuck. Server RSS, descriptors and
+//!   ESTABLISHED sockets (from `/proc/net/tcp`) are sampled over time.
+//! - `flood` (issue 12, "memory that comes back"): `--flood-clients` idle connections opened,
+//!   then all closed; server RSS sampled for `--flood-idle-secs` after, against the goal of
+//!   2x the pre-flood RSS plus 20 MB. Run it with a `loadserver` built with another allocator
+//!   (`--server PATH`) to compare allocators.
+//! - `garbage-id` (issue 12): `--garbage-history` events of history, then
+//!   `--garbage-clients` connections that never read and send an unknown `Last-Event-ID`;
+//!   their RSS per connection against as many idle connections on an identical server.
 //!
 //! Every scenario prints one JSON line on stdout (and appends it to `--out`), and a human
 //! summary on stderr. On a shared machine a scenario waits until the machine is idle before
@@ -103,6 +116,19 @@ struct Opts {
     churn_secs: f64,
     churn_concurrency: usize,
     churn_extra_rounds: u32,
+    // stuck
+    stuck_clients: usize,
+    stuck_stall_ms: u64,
+    stuck_secs: f64,
+    stuck_prefill_events: u64,
+    // flood
+    flood_clients: usize,
+    flood_idle_secs: f64,
+    flood_rounds: u32,
+    // garbage-id
+    garbage_clients: usize,
+    garbage_history: u64,
+    garbage_bytes: usize,
     // a publish round that makes no progress for this long ends the run
     stall_secs: f64,
     // shared machines: wait for this much idle CPU before a scenario, and measure again (up
@@ -154,6 +180,16 @@ impl Default for Opts {
             churn_secs: 8.0,
             churn_concurrency: 128,
             churn_extra_rounds: 1,
+            stuck_clients: 1_000,
+            stuck_stall_ms: 2_000,
+            stuck_secs: 8.0,
+            stuck_prefill_events: 160,
+            flood_clients: 15_000,
+            flood_idle_secs: 10.0,
+            flood_rounds: 1,
+            garbage_clients: 1_000,
+            garbage_history: 10_000,
+            garbage_bytes: 64,
             stall_secs: 10.0,
             quiet_idle_pct: 85.0,
             max_other_cpu: 15.0,
@@ -165,7 +201,7 @@ impl Default for Opts {
 const USAGE: &str = "usage: loadgen [options]
   --modes LIST        tower-sse,axum-broadcast,hyper-bare (also tower-sse-hyper, tokio-raw;
                       MODE:hyper serves an axum router with the bare hyper loop)
-  --scenarios LIST    fanout,latency,idle,slow,churn
+  --scenarios LIST    fanout,latency,idle,slow,churn (also stuck, flood, garbage-id)
   --out FILE          append the JSON lines to FILE     --server PATH   the loadserver binary
   --workers 2  --connect-concurrency 256  --heartbeat-ms 15000  --queue 256  --bytes 128
   fanout:   --clients 10000 --fanout-queue 4096 --variants single,pipelined,coalesced
@@ -175,6 +211,9 @@ const USAGE: &str = "usage: loadgen [options]
   slow:     --slow-clients 500 --slow-pct 1 --slow-secs 5 --slow-bytes 1024
             --slow-prefill-bytes 65536 --slow-prefill-events 72 --slow-reps 3
   churn:    --churn-secs 8 --churn-concurrency 128 --churn-extra-rounds 1
+  stuck:    --stuck-clients 1000 --stuck-stall-ms 2000 --stuck-secs 8 --stuck-prefill-events 160
+  flood:    --flood-clients 15000 --flood-idle-secs 10 --flood-rounds 1
+  garbage-id: --garbage-clients 1000 --garbage-history 10000 --garbage-bytes 64
   other:    --stall-secs 10 --quiet-idle-pct 85 --max-other-cpu 15 --retries 2";
 
 fn parse_opts() -> Result<Opts, String> {
@@ -221,6 +260,16 @@ fn parse_opts() -> Result<Opts, String> {
             "--churn-secs" => o.churn_secs = num(&flag, &v)?,
             "--churn-concurrency" => o.churn_concurrency = num::<usize>(&flag, &v)?.max(1),
             "--churn-extra-rounds" => o.churn_extra_rounds = num(&flag, &v)?,
+            "--stuck-clients" => o.stuck_clients = num(&flag, &v)?,
+            "--stuck-stall-ms" => o.stuck_stall_ms = num(&flag, &v)?,
+            "--stuck-secs" => o.stuck_secs = num(&flag, &v)?,
+            "--stuck-prefill-events" => o.stuck_prefill_events = num(&flag, &v)?,
+            "--flood-clients" => o.flood_clients = num(&flag, &v)?,
+            "--flood-idle-secs" => o.flood_idle_secs = num(&flag, &v)?,
+            "--flood-rounds" => o.flood_rounds = num::<u32>(&flag, &v)?.max(1),
+            "--garbage-clients" => o.garbage_clients = num(&flag, &v)?,
+            "--garbage-history" => o.garbage_history = num(&flag, &v)?,
+            "--garbage-bytes" => o.garbage_bytes = num(&flag, &v)?,
             "--stall-secs" => o.stall_secs = num(&flag, &v)?,
             "--quiet-idle-pct" => o.quiet_idle_pct = num(&flag, &v)?,
             "--max-other-cpu" => o.max_other_cpu = num(&flag, &v)?,
@@ -295,6 +344,9 @@ async fn run(opts: Opts) -> Result<usize> {
                     "idle" => idle(&ctx, mode).await,
                     "slow" => slow(&ctx, mode).await,
                     "churn" => churn(&ctx, mode).await,
+                    "stuck" => stuck(&ctx, mode).await,
+                    "flood" => flood(&ctx, mode).await,
+                    "garbage-id" => garbage_id(&ctx, mode).await,
                     other => Err(format!("unknown scenario {other}").into()),
                 };
                 let mut records = match outcome {
@@ -371,14 +423,14 @@ fn emit(opts: &Opts, record: &Value) -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // The server child and /proc
 
-/// The `loadserver` binary next to this one (`target/release/examples/`).
+/// The `loadserver` binary next to this one (`target/release/`).
 fn sibling_binary(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe.parent().ok_or("current_exe has no parent directory")?;
     let path = dir.join(name);
     if !path.exists() {
         return Err(format!(
-            "{} not found: build it with `cargo build --release --example {name}`",
+            "{} not found: build it with `cargo build --release -p loadtest --bin {name}`",
             path.display()
         )
         .into());
@@ -411,6 +463,17 @@ impl Drop for Server {
 
 impl Server {
     async fn spawn(ctx: &Ctx, mode: &str, heartbeat_ms: u64, queue: usize) -> Result<Server> {
+        Self::spawn_with(ctx, mode, heartbeat_ms, queue, &[]).await
+    }
+
+    /// As [`spawn`](Self::spawn), with more `loadserver` options.
+    async fn spawn_with(
+        ctx: &Ctx,
+        mode: &str,
+        heartbeat_ms: u64,
+        queue: usize,
+        extra: &[String],
+    ) -> Result<Server> {
         // `MODE:hyper` serves an axum router with the bare hyper loop (`--serve hyper`).
         let (name, serve) = mode.split_once(':').unwrap_or((mode, "axum"));
         let mut child = Command::new(&ctx.server_bin)
@@ -418,15 +481,28 @@ impl Server {
             .args(["--addr", "127.0.0.1:0", "--workers", "2"])
             .args(["--heartbeat-ms", &heartbeat_ms.to_string()])
             .args(["--queue", &queue.to_string()])
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let pid = child.id();
+        // A profiler wrapping the server (`--server` may be a script) may print first.
         let line = tokio::task::spawn_blocking(move || {
+            let mut reader = BufReader::new(stdout);
             let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
+            for _ in 0..20 {
+                line.clear();
+                if reader.read_line(&mut line).unwrap_or(0) == 0
+                    || line.starts_with("listening on ")
+                {
+                    break;
+                }
+            }
+            // Keep reading (and dropping) what follows, so the server never blocks on a full
+            // pipe.
+            std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
             line
         })
         .await?;
@@ -978,16 +1054,41 @@ fn next_source_ip() -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i as u8))
 }
 
+/// What a client sends, beyond `GET /events`.
+#[derive(Debug, Clone, Default)]
+struct ClientSpec {
+    /// A `Last-Event-ID` header.
+    last_event_id: Option<String>,
+    /// `SO_RCVBUF` for the client's socket (a small one makes a non-reader stuck sooner).
+    recv_buffer: Option<u32>,
+}
+
 /// Connects, sends `GET path`, reads the response head. Returns the stream and the body bytes
 /// read past the head.
 async fn open_stream(addr: SocketAddr, path: &str) -> Result<(TcpStream, Vec<u8>)> {
+    open_stream_with(addr, path, &ClientSpec::default()).await
+}
+
+async fn open_stream_with(
+    addr: SocketAddr,
+    path: &str,
+    spec: &ClientSpec,
+) -> Result<(TcpStream, Vec<u8>)> {
     let socket = TcpSocket::new_v4()?;
     socket.set_reuseaddr(true)?;
+    if let Some(size) = spec.recv_buffer {
+        socket.set_recv_buffer_size(size)?;
+    }
     socket.bind(SocketAddr::new(next_source_ip(), 0))?;
     let mut stream = socket.connect(addr).await?;
     stream.set_nodelay(true)?;
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
+    let last_event_id = match &spec.last_event_id {
+        Some(id) => format!("Last-Event-ID: {id}\r\n"),
+        None => String::new(),
+    };
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n{last_event_id}\r\n"
+    );
     stream.write_all(request.as_bytes()).await?;
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 2048];
@@ -1068,6 +1169,21 @@ async fn connect_all(
     is_slow: impl Fn(usize) -> bool,
     shared: &Arc<Shared>,
 ) -> Clients {
+    connect_all_with(addr, n, concurrency, is_slow, shared, |_| {
+        ClientSpec::default()
+    })
+    .await
+}
+
+/// As [`connect_all`], with `spec(i)` for the `i`-th client's request and socket.
+async fn connect_all_with(
+    addr: SocketAddr,
+    n: usize,
+    concurrency: usize,
+    is_slow: impl Fn(usize) -> bool,
+    shared: &Arc<Shared>,
+    spec: impl Fn(usize) -> ClientSpec,
+) -> Clients {
     let start = Instant::now();
     let sem = Arc::new(Semaphore::new(concurrency));
     let done = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0), Notify::new()));
@@ -1075,6 +1191,7 @@ async fn connect_all(
     let mut tasks = Vec::with_capacity(n);
     for i in 0..n {
         let slow = is_slow(i);
+        let spec = spec(i);
         let (sem, done, shared, first_error) = (
             sem.clone(),
             done.clone(),
@@ -1088,10 +1205,10 @@ async fn connect_all(
                 };
                 let mut attempt = 0;
                 loop {
-                    let r =
-                        tokio::time::timeout(Duration::from_secs(20), open_stream(addr, "/events"))
-                            .await
-                            .unwrap_or_else(|_| Err("connect timed out".into()));
+                    let open = open_stream_with(addr, "/events", &spec);
+                    let r = tokio::time::timeout(Duration::from_secs(20), open)
+                        .await
+                        .unwrap_or_else(|_| Err("connect timed out".into()));
                     attempt += 1;
                     if r.is_ok() || attempt == 3 {
                         break r;
@@ -1736,6 +1853,330 @@ async fn churn(ctx: &Ctx, mode: &str) -> Result<Vec<Value>> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Stuck clients, the flood, garbage ids (issue 12)
+
+/// The server's TCP connections in state ESTABLISHED (local port = the server's), from
+/// `/proc/net/tcp`: the clients' ends have other local ports, so they are not counted.
+fn server_established(addr: SocketAddr) -> u64 {
+    let port = format!(":{:04X}", addr.port());
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let mut fields = line.split_whitespace();
+            let local = fields.nth(1).unwrap_or("");
+            let state = fields.nth(1).unwrap_or("");
+            local.ends_with(&port) && state == "01"
+        })
+        .count() as u64
+}
+
+/// Samples the server every `every` until `stop` is set: `[t_s, rss_kib, fds, established]`.
+fn sample_series(
+    pid: u32,
+    addr: SocketAddr,
+    every: Duration,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<Vec<[f64; 4]>> {
+    tokio::spawn(async move {
+        let t0 = Instant::now();
+        let mut series = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let s = Sample::of(pid);
+            series.push([
+                (t0.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+                s.rss_kib as f64,
+                s.fds as f64,
+                server_established(addr) as f64,
+            ]);
+            tokio::time::sleep(every).await;
+        }
+        series
+    })
+}
+
+async fn stuck(ctx: &Ctx, mode: &str) -> Result<Vec<Value>> {
+    let o = &ctx.opts;
+    let n = o.stuck_clients;
+    ctx.check_fds(n)?;
+    let mut records = Vec::new();
+    for stall_ms in [o.stuck_stall_ms, 0] {
+        let guard = if stall_ms > 0 {
+            format!("GuardedListener, stall timeout {stall_ms} ms")
+        } else {
+            "no guard".to_owned()
+        };
+        eprintln!("stuck: {mode}, {n} clients that never read, {guard}");
+        let extra = ["--stall-ms".to_owned(), stall_ms.to_string()];
+        let server = Server::spawn_with(ctx, mode, o.heartbeat_ms, o.queue, &extra).await?;
+        let mut control = Control::new(server.addr);
+        control.stats().await?;
+        let base = server.sample();
+        let shared = Shared::new();
+        let clients = connect_all_with(
+            server.addr,
+            n,
+            o.connect_concurrency,
+            |_| true,
+            &shared,
+            |_| ClientSpec {
+                recv_buffer: Some(4 * 1024),
+                ..ClientSpec::default()
+            },
+        )
+        .await;
+        if clients.connected < n {
+            return Err(format!(
+                "{} of {n} connections failed ({})",
+                n - clients.connected,
+                clients.first_error.as_deref().unwrap_or("timed out")
+            )
+            .into());
+        }
+        let connected = server.sample();
+        let stop = Arc::new(AtomicBool::new(false));
+        let sampler = sample_series(
+            server.pid,
+            server.addr,
+            Duration::from_millis(250),
+            stop.clone(),
+        );
+        // Make every client stuck: big events fill the kernel's buffers, then more small
+        // events than the manager's queue holds make it close them as slow consumers. Paced,
+        // as live traffic is, so that each stage fills before the next: the kernel's buffers,
+        // then hyper's write buffer, then the manager's queue (a burst would overflow the
+        // queue first, and hyper would finish the response into the kernel's buffers).
+        let t0 = Instant::now();
+        let mut seq = 1;
+        let small = 2 * o.queue as u64 + 64;
+        for (events, per_publish, bytes) in [
+            (o.stuck_prefill_events, 1u64, 65_536usize),
+            (small, 16, 1024),
+        ] {
+            let mut sent = 0;
+            while sent < events {
+                let k = per_publish.min(events - sent);
+                control.publish(k, bytes, seq).await?;
+                seq += k;
+                sent += k;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        let prefill_s = t0.elapsed().as_secs_f64();
+        let (open_after_prefill, _) = control.stats().await?;
+        let mut gone_s = None;
+        while t0.elapsed().as_secs_f64() < o.stuck_secs {
+            if gone_s.is_none() && server_established(server.addr) <= 1 {
+                // At most the control connection is left.
+                gone_s = Some(t0.elapsed().as_secs_f64());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop.store(true, Ordering::Relaxed);
+        let series = sampler.await.unwrap_or_default();
+        let end = server.sample();
+        let (open_end, tasks_end) = control.stats().await?;
+        let rss_max = series.iter().map(|s| s[1] as u64).max().unwrap_or(0);
+        let record = json!({
+            "scenario": "stuck",
+            "mode": mode,
+            "stall_ms": stall_ms,
+            "clients": n,
+            "prefill_s": round3(prefill_s),
+            "open_after_prefill": open_after_prefill,
+            "open_end": open_end,
+            "tasks_end": tasks_end,
+            "sockets_gone_s": gone_s.map(round3),
+            "established_end": server_established(server.addr),
+            "rss_base_kib": base.rss_kib,
+            "rss_connected_kib": connected.rss_kib,
+            "rss_max_kib": rss_max,
+            "rss_end_kib": end.rss_kib,
+            "fds_base": base.fds,
+            "fds_connected": connected.fds,
+            "fds_end": end.fds,
+            "series_t_rss_fds_established": series,
+        });
+        eprintln!(
+            "  sockets gone after {} s; RSS {} -> max {} -> {} KiB; fds {} -> {} -> {}; manager open {} -> {}",
+            record["sockets_gone_s"],
+            base.rss_kib,
+            rss_max,
+            end.rss_kib,
+            base.fds,
+            connected.fds,
+            end.fds,
+            open_after_prefill,
+            open_end
+        );
+        records.push(record);
+        clients.close().await;
+        drop(server);
+    }
+    Ok(records)
+}
+
+async fn flood(ctx: &Ctx, mode: &str) -> Result<Vec<Value>> {
+    let o = &ctx.opts;
+    let n = o.flood_clients;
+    ctx.check_fds(n)?;
+    eprintln!(
+        "flood: {mode}, {n} connections opened then closed, {} round(s), RSS for {} s after",
+        o.flood_rounds, o.flood_idle_secs
+    );
+    let server = Server::spawn(ctx, mode, o.heartbeat_ms, o.queue).await?;
+    let mut control = Control::new(server.addr);
+    let allocator = {
+        let body = control.request(Method::GET, "/stats").await?;
+        let v: Value = serde_json::from_slice(&body)?;
+        v["allocator"].as_str().unwrap_or("?").to_owned()
+    };
+    let pre = server.sample();
+    let mut rounds = Vec::new();
+    for round in 0..o.flood_rounds {
+        let shared = Shared::new();
+        let clients = connect_all(server.addr, n, o.connect_concurrency, |_| false, &shared).await;
+        if clients.connected < n {
+            return Err(format!(
+                "{} of {n} connections failed ({})",
+                n - clients.connected,
+                clients.first_error.as_deref().unwrap_or("timed out")
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let peak = server.sample();
+        clients.close().await;
+        let closed_at = Instant::now();
+        let mut curve = Vec::new();
+        let mut open_zero_s = None;
+        while closed_at.elapsed().as_secs_f64() <= o.flood_idle_secs {
+            let t = closed_at.elapsed().as_secs_f64();
+            if open_zero_s.is_none() && control.stats().await?.0 == 0 {
+                open_zero_s = Some(t);
+            }
+            curve.push(json!([round3(t), server.sample().rss_kib]));
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let after = server.sample();
+        let goal_kib = 2 * pre.rss_kib + 20 * 1024;
+        eprintln!(
+            "  round {round}: RSS {} KiB before, {} KiB with {n} open, {} KiB {} s after \
+             closing (goal {goal_kib} KiB: {})",
+            pre.rss_kib,
+            peak.rss_kib,
+            after.rss_kib,
+            o.flood_idle_secs,
+            if after.rss_kib <= goal_kib {
+                "met"
+            } else {
+                "missed"
+            }
+        );
+        rounds.push(json!({
+            "round": round,
+            "rss_peak_kib": peak.rss_kib,
+            "rss_after_kib": after.rss_kib,
+            "fds_after": after.fds,
+            "open_zero_s": open_zero_s.map(round3),
+            "goal_kib": goal_kib,
+            "goal_met": after.rss_kib <= goal_kib,
+            "curve_t_rss_kib": curve,
+        }));
+    }
+    let last = rounds.last().cloned().unwrap_or(Value::Null);
+    Ok(vec![json!({
+        "scenario": "flood",
+        "mode": mode,
+        "allocator": allocator,
+        "clients": n,
+        "idle_secs": o.flood_idle_secs,
+        "rss_pre_kib": pre.rss_kib,
+        "rss_peak_kib": last["rss_peak_kib"],
+        "rss_after_kib": last["rss_after_kib"],
+        "goal_kib": last["goal_kib"],
+        "goal_met": last["goal_met"],
+        "rounds": rounds,
+    })])
+}
+
+async fn garbage_id(ctx: &Ctx, mode: &str) -> Result<Vec<Value>> {
+    let o = &ctx.opts;
+    let n = o.garbage_clients;
+    ctx.check_fds(n)?;
+    let mut records = Vec::new();
+    for garbage in [false, true] {
+        let what = if garbage {
+            "never read, unknown Last-Event-ID"
+        } else {
+            "idle, no Last-Event-ID"
+        };
+        eprintln!(
+            "garbage-id: {mode}, {} events of history, {n} connections: {what}",
+            o.garbage_history
+        );
+        let extra = ["--history".to_owned(), o.garbage_history.to_string()];
+        let server = Server::spawn_with(ctx, mode, o.heartbeat_ms, o.queue, &extra).await?;
+        let mut control = Control::new(server.addr);
+        // Fill the history in publishes of at most 1,000 events.
+        let mut seq = 1;
+        while seq <= o.garbage_history {
+            let k = (o.garbage_history + 1 - seq).min(1_000);
+            control.publish(k, o.garbage_bytes, seq).await?;
+            seq += k;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let base = server.sample();
+        let shared = Shared::new();
+        let clients = connect_all_with(
+            server.addr,
+            n,
+            o.connect_concurrency,
+            |_| garbage,
+            &shared,
+            |i| ClientSpec {
+                last_event_id: garbage.then(|| format!("garbage-{i}")),
+                recv_buffer: None,
+            },
+        )
+        .await;
+        if clients.connected < n {
+            return Err(format!(
+                "{} of {n} connections failed ({})",
+                n - clients.connected,
+                clients.first_error.as_deref().unwrap_or("timed out")
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let connected = server.sample();
+        let (open, _) = control.stats().await?;
+        let per_conn = (connected.rss_kib as f64 - base.rss_kib as f64) * 1024.0 / n.max(1) as f64;
+        eprintln!(
+            "  RSS {} -> {} KiB: {:.0} B per connection, {open} open",
+            base.rss_kib, connected.rss_kib, per_conn
+        );
+        records.push(json!({
+            "scenario": "garbage-id",
+            "mode": mode,
+            "garbage": garbage,
+            "clients": n,
+            "history": o.garbage_history,
+            "event_bytes": o.garbage_bytes,
+            "rss_base_kib": base.rss_kib,
+            "rss_connected_kib": connected.rss_kib,
+            "rss_per_conn_bytes": per_conn.round(),
+            "open": open,
+            "server_fds": connected.fds,
+        }));
+        clients.close().await;
+        drop(server);
+    }
+    Ok(records)
+}
+
+// ---------------------------------------------------------------------------------------------
 // Summary
 
 fn print_summary(records: &[Value]) {
@@ -1778,6 +2219,30 @@ fn print_summary(records: &[Value]) {
                 Some("idle") => format!(
                     "{} clients: server CPU {} % of a core, {} heartbeats/s, {} B/conn",
                     r["clients"], r["server_cpu_pct"], r["heartbeats_per_s"], r["rss_per_conn_bytes"]
+                ),
+                Some("stuck") => format!(
+                    "stall {} ms: sockets gone after {} s, RSS {} -> max {} -> {} KiB, fds {} -> {}",
+                    r["stall_ms"],
+                    r["sockets_gone_s"],
+                    r["rss_base_kib"],
+                    r["rss_max_kib"],
+                    r["rss_end_kib"],
+                    r["fds_connected"],
+                    r["fds_end"]
+                ),
+                Some("flood") => format!(
+                    "{}: RSS {} -> {} -> {} KiB after {} s (goal {} KiB, met: {})",
+                    r["allocator"],
+                    r["rss_pre_kib"],
+                    r["rss_peak_kib"],
+                    r["rss_after_kib"],
+                    r["idle_secs"],
+                    r["goal_kib"],
+                    r["goal_met"]
+                ),
+                Some("garbage-id") => format!(
+                    "garbage {}: {} B/conn ({} clients, {} events of history)",
+                    r["garbage"], r["rss_per_conn_bytes"], r["clients"], r["history"]
                 ),
                 Some("churn") => format!(
                     "{} cycles/s, p99 {} ms, open {}->{}, tasks {}->{}, RSS {}->{} KiB",
