@@ -341,3 +341,157 @@ async fn refusals_and_bodies_are_axum_responses() {
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&bytes[..], b"data: done\n\n");
 }
+
+/// The layer and the manager both wired to one shutdown token: the layer owns how a stream
+/// ends on the wire, so every client gets exactly one farewell, the layer's, after what was
+/// published; the manager refuses new connections and records `Shutdown`.
+#[tokio::test]
+async fn layer_and_manager_on_one_shutdown_token_send_one_farewell() {
+    use std::convert::Infallible;
+    use tower::{service_fn, Layer, ServiceExt};
+    use tower_sse::{CancellationToken, SseContext, SseLayer};
+
+    let closes = Arc::new(Mutex::new(Vec::new()));
+    let seen = closes.clone();
+    let m = ConnectionManager::builder()
+        .on_close(move |_, reason| seen.lock().unwrap().push(reason))
+        .build();
+    let token = CancellationToken::new();
+    let watcher = tokio::spawn(m.clone().shutdown_on(token.clone()));
+    let farewell = Event::builder().event("bye").data("layer").build().unwrap();
+    let layer = SseLayer::new()
+        .shutdown_token(token.clone())
+        .farewell(farewell.clone());
+    let manager = m.clone();
+    let svc = layer.layer(service_fn(move |req: http::Request<()>| {
+        let m = manager.clone();
+        async move {
+            let ctx = req.extensions().get::<SseContext>().cloned().unwrap();
+            let (_h, body) = m.connect(Connect::new().context(&ctx)).unwrap();
+            Ok::<_, Infallible>(body.into_response())
+        }
+    }));
+    let mut bodies = Vec::new();
+    for _ in 0..3 {
+        let res = svc.clone().oneshot(http::Request::new(())).await.unwrap();
+        bodies.push(res.into_body());
+    }
+    // Written before the token fires, as a server writes what is ready. (What the layer has
+    // not written when it fires is not: published events are replayed on reconnect.)
+    m.publish(Event::message("before")).unwrap();
+    let mut written = Vec::new();
+    for body in &mut bodies {
+        let frame = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        written.push(String::from_utf8(frame.to_vec()).unwrap());
+    }
+    token.cancel();
+    watcher.await.unwrap();
+    assert!(m.is_shutting_down());
+    assert_eq!(
+        m.connect(Connect::new()).err(),
+        Some(ConnectError::ShutDown)
+    );
+    for (body, before) in bodies.into_iter().zip(written) {
+        let bytes = tokio::time::timeout(Duration::from_secs(5), body.collect())
+            .await
+            .unwrap()
+            .unwrap()
+            .to_bytes();
+        let wire = before + std::str::from_utf8(&bytes).unwrap();
+        assert_eq!(wire.matches("event: bye").count(), 1, "{wire:?}");
+        assert!(wire.ends_with("event: bye\ndata: layer\n\n"), "{wire:?}");
+        assert!(wire.contains("data: before\n\n"), "{wire:?}");
+    }
+    assert_eq!(*closes.lock().unwrap(), [CloseReason::Shutdown; 3]);
+}
+
+/// A malformed `Last-Event-ID` on an event-stream request is never refused (a browser's
+/// `EventSource` would never reconnect after a 4xx): the client gets 200, the gap event,
+/// then live events.
+#[tokio::test]
+async fn an_invalid_last_event_id_gets_200_and_the_gap_event() {
+    use std::convert::Infallible;
+    use tower::{service_fn, Layer, ServiceExt};
+    use tower_sse::{Replay, SseContext, SseLayer};
+
+    let m = ConnectionManager::new();
+    m.publish(Event::message("history")).unwrap();
+    let replays = Arc::new(Mutex::new(Vec::new()));
+    let manager = m.clone();
+    let seen = replays.clone();
+    let svc = SseLayer::new().layer(service_fn(move |req: http::Request<()>| {
+        let m = manager.clone();
+        let seen = seen.clone();
+        async move {
+            let ctx = req.extensions().get::<SseContext>().cloned().unwrap();
+            assert!(ctx.last_event_id().is_err(), "the layer saw it invalid");
+            let (h, body) = m.connect(Connect::new().context(&ctx)).unwrap();
+            seen.lock().unwrap().push(h.replay());
+            h.complete_with(Event::message("live"));
+            Ok::<_, Infallible>(body.into_response())
+        }
+    }));
+    let long = "9".repeat(300);
+    // Too long, a control character (a tab: the only one a header may carry), not UTF-8.
+    let bad: [&[u8]; 3] = [long.as_bytes(), b"1\t2", b"\xff"];
+    for value in bad {
+        let req = http::Request::builder()
+            .header(
+                "last-event-id",
+                http::HeaderValue::from_bytes(value).unwrap(),
+            )
+            .header("accept", "text/event-stream")
+            .body(())
+            .unwrap();
+        let res = svc.clone().oneshot(req).await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["content-type"], "text/event-stream");
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&bytes[..], b"event: gap\ndata: \n\ndata: live\n\n");
+    }
+    assert_eq!(*replays.lock().unwrap(), [Replay::Gap(0); 3]);
+}
+
+/// A managed stream finished for good: its last event carries the layer's finished id, and
+/// a reconnect with it is told to stop (`204 No Content`), without the handler running.
+#[tokio::test]
+async fn a_finished_stream_is_not_streamed_again() {
+    use std::convert::Infallible;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower::{service_fn, Layer, ServiceExt};
+    use tower_sse::{SseContext, SseLayer};
+
+    let m = ConnectionManager::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (manager, counted) = (m.clone(), calls.clone());
+    let svc = SseLayer::new().layer(service_fn(move |req: http::Request<()>| {
+        let m = manager.clone();
+        counted.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let ctx = req.extensions().get::<SseContext>().cloned().unwrap();
+            let (h, body) = m.connect(Connect::new().context(&ctx)).unwrap();
+            h.send(Event::message("the answer")).unwrap();
+            assert!(h.finish(Event::builder().event("end").data("").build().unwrap()));
+            Ok::<_, Infallible>(body.into_response())
+        }
+    }));
+    let res = svc.clone().oneshot(http::Request::new(())).await.unwrap();
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    let wire = std::str::from_utf8(&bytes).unwrap();
+    assert_eq!(
+        wire,
+        "data: the answer\n\nid: tower-sse:finished:\nevent: end\ndata: \n\n"
+    );
+    let again = http::Request::builder()
+        .header("last-event-id", "tower-sse:finished:")
+        .header("accept", "text/event-stream")
+        .body(())
+        .unwrap();
+    let res = svc.oneshot(again).await.unwrap();
+    assert_eq!(res.status(), 204);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the handler did not run again"
+    );
+}
