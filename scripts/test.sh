@@ -29,6 +29,11 @@ done
 echo "==> cargo test --all-features"
 cargo test --all-features
 
+echo "==> loom model checks (the manager's park/wake handshake, the context's fence pair)"
+# Its own target directory: the cfg changes every crate's build.
+RUSTFLAGS="--cfg tower_sse_loom" CARGO_TARGET_DIR=target/loom \
+  cargo test -p tower-sse-loom --release --quiet
+
 echo "==> cargo doc"
 RUSTDOCFLAGS=-Dwarnings cargo doc --no-deps --all-features --quiet
 

@@ -2,7 +2,9 @@
 //! connection id, and the set of parked readers, woken with no lock held.
 //!
 //! Every other file of the manager takes its locks and atomics from here, so that the
-//! lock-free handshakes can be model-checked with `loom` (`RUSTFLAGS="--cfg tower_sse_loom"`; a cfg of our own, since tokio reads `loom`).
+//! lock-free handshakes can be model-checked with `loom`: the `loom/` workspace member
+//! compiles this file and `log.rs` with `--cfg tower_sse_loom` (a cfg of our own, since tokio
+//! reads `loom`), which swaps these for loom's.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
