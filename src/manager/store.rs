@@ -157,11 +157,7 @@ impl Store {
         now_ms: u64,
     ) -> Option<(Event, Arc<Log>)> {
         let mut p = self.publishing.lock();
-        let log = match topic {
-            None => self.all.clone(),
-            Some(name) if self.limits.replay => self.topic_or_insert(name, false),
-            Some(name) => self.topic(name)?,
-        };
+        let log = self.log_for(topic)?;
         let seq = p.next_seq;
         p.next_seq += 1;
         let event = match self.ids {
@@ -189,13 +185,20 @@ impl Store {
         if seq < p.next_seq {
             return None;
         }
-        let log = match topic {
-            None => self.all.clone(),
-            Some(name) if self.limits.replay => self.topic_or_insert(name, false),
-            Some(name) => self.topic(name)?,
-        };
+        let log = self.log_for(topic)?;
         p.next_seq = seq + 1;
         self.record(&mut p, log, seq, event, now_ms)
+    }
+
+    /// The log a publish to `topic` (`None`: to all) goes into, made if it is worth
+    /// keeping: `None` for a topic nobody reads while replay is off. Call under the
+    /// publishing lock.
+    fn log_for(&self, topic: Option<&str>) -> Option<Arc<Log>> {
+        match topic {
+            None => Some(self.all.clone()),
+            Some(name) if self.limits.replay => Some(self.topic_or_insert(name, false)),
+            Some(name) => self.topic(name),
+        }
     }
 
     /// The broker starts (or starts over) with epoch `tag` at its entry `first`: what came
