@@ -52,7 +52,14 @@ pub(crate) struct Start {
     pub(crate) all: Cursor,
     pub(crate) topics: Vec<Cursor>,
     pub(crate) replay: Replay,
+    /// With a broker: the client has seen up to this seq, which has not arrived here yet;
+    /// entries up to it are skipped as they arrive (0: none).
+    pub(crate) skip_through: u64,
 }
+
+/// How far a client's id may be ahead of what this manager received from its broker (in
+/// entries) and still be resumed from, rather than count as unknown.
+const MAX_AHEAD: u64 = 100_000;
 
 /// Who numbers published events, and so how a client's id maps to a position.
 #[derive(Debug, Clone, Copy)]
@@ -379,13 +386,21 @@ impl Store {
         } else {
             ResumeFrom::Fresh
         };
+        // A client of another instance may be ahead of this one: it resumes where it is,
+        // and what it has seen is skipped as it arrives here.
+        let mut skip_through = 0;
         let Resumed { cursors, replay } = match from {
             ResumeFrom::Fresh => Resumed {
                 cursors: logs.iter().map(|l| l.end()).collect(),
                 replay: Replay::Fresh,
             },
             ResumeFrom::Id(id) => match self.seq_of(&p, id, &logs) {
-                Some(seq) if seq >= p.lost_through => self.after(seq, &logs),
+                Some(seq) if seq >= p.lost_through => {
+                    if seq >= p.next_seq {
+                        skip_through = seq;
+                    }
+                    self.after(seq, &logs)
+                }
                 _ => self.newest(&logs),
             },
             ResumeFrom::Unknown => self.newest(&logs),
@@ -411,6 +426,7 @@ impl Store {
             all,
             topics: cursors.collect(),
             replay,
+            skip_through,
         }
     }
 
@@ -432,7 +448,10 @@ impl Store {
                 let (tag, n) = super::broker::parse_id(id)?;
                 let epoch = p.epoch.as_ref().filter(|e| &*e.tag == tag)?;
                 let seq = epoch.offset.checked_add(n)?;
-                (seq < p.next_seq).then_some(seq)
+                // Seen on an instance ahead of this one, within what this one may still
+                // receive: beyond that, an id of this epoch is not one the broker gave.
+                let ahead = (self.limits.per_log as u64).max(MAX_AHEAD);
+                (seq < p.next_seq + ahead).then_some(seq)
             }
         }
     }
@@ -587,6 +606,29 @@ mod tests {
         assert_eq!(r.replay, Replay::Resumed(3));
         let r = store.resume(&topics, ResumeFrom::Id("1000"), 0);
         assert!(matches!(r.replay, Replay::Gap(_)), "{:?}", r.replay);
+    }
+
+    #[test]
+    fn a_client_ahead_of_this_instance_resumes_and_skips_what_it_saw() {
+        let store = Store::new(limits(10, usize::MAX), Ids::Broker);
+        store.begin_epoch("ep", 1);
+        for n in 1..=3 {
+            let event = Event::message("x").with_validated_id(&format!("ep-{n}"));
+            store.publish_at(None, event, n, 0).expect("recorded");
+        }
+        // Seen up to 5 on another instance: nothing to replay yet, and 4 and 5 are skipped
+        // when they arrive.
+        let r = store.resume(&[], ResumeFrom::Id("ep-5"), 0);
+        assert_eq!(r.replay, Replay::Resumed(0));
+        assert_eq!(r.skip_through, 5 + 1, "the seq of entry 5 (offset 1)");
+        // Behind this instance: a plain resume.
+        let r = store.resume(&[], ResumeFrom::Id("ep-2"), 0);
+        assert_eq!((r.replay, r.skip_through), (Replay::Resumed(1), 0));
+        // Another epoch, or far beyond anything the broker could have given: unknown.
+        for id in ["old-2", "ep-9999999"] {
+            let r = store.resume(&[], ResumeFrom::Id(id), 0);
+            assert_eq!(r.replay, Replay::Gap(0), "{id}");
+        }
     }
 
     #[test]
