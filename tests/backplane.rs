@@ -16,10 +16,10 @@ use std::time::Duration;
 
 use common::redis::RedisServer;
 use common::sequence::{self, GAP};
-use common::sse::{eventually, read, Received};
+use common::sse::{eventually, read, Ended, Received};
 use tokio::task::JoinHandle;
 use tower_sse::backplane::{RedisBackplane, RedisBackplaneBuilder};
-use tower_sse::manager::{Connect, ConnectionManager};
+use tower_sse::manager::{Completion, Connect, ConnectionId, ConnectionManager};
 use tower_sse::{Event, LastEventId};
 
 /// Long enough for anything that works (a round trip through Redis takes well under a
@@ -69,6 +69,21 @@ async fn three(url: &str, hub: &str) -> [Instance; 3] {
 fn client(manager: &ConnectionManager, options: Connect) -> (Received, JoinHandle<()>) {
     let (_handle, body) = manager.connect(options).expect("connect");
     read(body)
+}
+
+/// A client of `manager` and its connection's id.
+fn client_with_id(
+    manager: &ConnectionManager,
+    options: Connect,
+) -> (Received, JoinHandle<()>, ConnectionId) {
+    let (_handle, body) = manager.connect(options).expect("connect");
+    let id = body.id();
+    let (r, task) = read(body);
+    (r, task, id)
+}
+
+fn end_event(data: &str) -> Event {
+    Event::builder().event("end").data(data).build().unwrap()
 }
 
 fn msg(data: &str) -> Event {
@@ -243,4 +258,225 @@ async fn topic_and_key_sends_reach_their_connections_on_every_instance() {
     assert!(ids[0].0.ends_with("-1"), "{ids:?}");
     let ids = user_b.0.ids();
     assert_eq!(ids[0].0, "", "a key send carries no id: {ids:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_to_a_connection_id_is_routed_to_its_instance() {
+    let redis = RedisServer::start();
+    let [a, b, c] = three(&redis.url(), "send-to").await;
+    let (on_b, _t, id) = client_with_id(&b.manager, Connect::new());
+    let (also_on_b, _t2) = client(&b.manager, Connect::new());
+    let (on_c, _t3) = client(&c.manager, Connect::new());
+    // The id names its instance, so A knows the connection is not its own.
+    assert_eq!(id.instance(), b.redis.instance());
+    assert_ne!(a.redis.instance(), b.redis.instance());
+    assert!(a.manager.handle(id).is_none());
+    a.manager.send_to(id, msg("only you")).expect("routed");
+    a.manager.publish(msg("end")).unwrap();
+    for r in [&on_b, &also_on_b, &on_c] {
+        eventually("the end marker", WAIT, || r.has_data("end")).await;
+    }
+    assert_eq!(on_b.data_of("message"), ["only you", "end"]);
+    assert_eq!(also_on_b.data_of("message"), ["end"]);
+    assert_eq!(on_c.data_of("message"), ["end"]);
+    // Completing it by id from C works the same way.
+    assert!(c.manager.complete(id, end_event("by id")).unwrap());
+    eventually("the stream ends", WAIT, || on_b.ended().is_some()).await;
+    assert_eq!(on_b.ended(), Some(Ended::Clean));
+    assert_eq!(on_b.data_of("end"), ["by id"]);
+    assert!(also_on_b.ended().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn complete_key_from_another_instance_ends_every_stream_of_the_key() {
+    let redis = RedisServer::start();
+    let [a, b, c] = three(&redis.url(), "complete").await;
+    let tickers: Vec<_> = [&a, &b, &b]
+        .iter()
+        .map(|i| client(&i.manager, Connect::new().key("ticker-42")))
+        .collect();
+    let bystander = client(&a.manager, Connect::new().key("ticker-43"));
+    // What was sent before the completion is delivered first.
+    c.manager.send_to_key("ticker-42", msg("tick 1")).unwrap();
+    assert_eq!(c.manager.complete_key("ticker-42", end_event("stopped by C")).unwrap(), 0);
+    for (r, _) in &tickers {
+        eventually("the ticker ends", WAIT, || r.ended().is_some()).await;
+        assert_eq!(r.ended(), Some(Ended::Clean));
+        assert_eq!(r.data_of("message"), ["tick 1"]);
+        assert_eq!(r.data_of("end"), ["stopped by C"]);
+        // A plain completion's last event keeps its own (absent) id.
+        assert_eq!(r.events().last().unwrap().last_event_id, "");
+    }
+    eventually("every ticker gone", WAIT, || a.manager.len() + b.manager.len() == 1).await;
+    assert!(bystander.0.ended().is_none());
+
+    // `Completion::finish` crosses the broker too: the last event carries the finished
+    // prefix, so a client that reconnects with it is told `204` by the layer.
+    let finished = client(&b.manager, Connect::new().key("ticker-43"));
+    a.manager
+        .complete_key("ticker-43", Completion::finish(end_event("finished")))
+        .unwrap();
+    for (r, _) in [&finished, &bystander] {
+        eventually("the stream finishes", WAIT, || r.ended().is_some()).await;
+        let last = r.events().last().cloned().unwrap();
+        assert_eq!((last.event_type.as_str(), last.data.as_str()), ("end", "finished"));
+        assert!(
+            last.last_event_id
+                .starts_with(tower_sse::DEFAULT_FINISHED_PREFIX.as_str()),
+            "{last:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evict_key_from_another_instance_ends_its_streams_at_once() {
+    let redis = RedisServer::start();
+    let [a, b, c] = three(&redis.url(), "evict").await;
+    let evicted_b = client(&b.manager, Connect::new().key("bad"));
+    let evicted_c = client(&c.manager, Connect::new().key("bad"));
+    let kept = client(&c.manager, Connect::new().key("good"));
+    assert_eq!(a.manager.evict_key("bad").unwrap(), 0);
+    for (r, _) in [&evicted_b, &evicted_c] {
+        eventually("the eviction", WAIT, || r.ended().is_some()).await;
+        assert!(r.events().is_empty());
+    }
+    eventually("evicted connections gone", WAIT, || {
+        b.manager.is_empty() && c.manager.len() == 1
+    })
+    .await;
+    let closed = b.manager.stats().closed;
+    assert_eq!(closed[&tower_sse::manager::CloseReason::Evicted], 1);
+    a.manager.publish(msg("still here")).unwrap();
+    eventually("the kept one still gets events", WAIT, || kept.0.has_data("still here")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_key_from_another_instance_changes_topics_where_the_key_lives() {
+    let redis = RedisServer::start();
+    let [a, b, c] = three(&redis.url(), "subscribe").await;
+    let user_b = client(&b.manager, Connect::new().key("user-7"));
+    let user_c = client(&c.manager, Connect::new().key("user-7"));
+    let other = client(&b.manager, Connect::new().key("user-8"));
+    // Before the subscription: not delivered.
+    a.manager.publish_topic("room:1", msg("before")).unwrap();
+    assert_eq!(a.manager.subscribe_key("user-7", "room:1").unwrap(), 0);
+    // Applied in the broker's order, which keeps the order of one instance's operations (not
+    // across instances: each has its own connection to Redis): a publish after the
+    // subscribe is delivered.
+    a.manager.publish_topic("room:1", msg("after")).unwrap();
+    for (r, _) in [&user_b, &user_c] {
+        eventually("the topic's event", WAIT, || r.has_data("after")).await;
+    }
+    // Unsubscribed from a third instance, and published from it too (so that the broker
+    // orders the two): not delivered. (Waiting for "after" first matters: an unsubscribe
+    // also drops what was queued and not yet written, by design.)
+    c.manager.unsubscribe_key("user-7", "room:1").unwrap();
+    c.manager.publish_topic("room:1", msg("after leaving")).unwrap();
+    c.manager.publish(msg("end")).unwrap();
+    for (r, _) in [&user_b, &user_c, &other] {
+        eventually("the end marker", WAIT, || r.has_data("end")).await;
+    }
+    for (r, _) in [&user_b, &user_c] {
+        assert_eq!(r.data_of("message"), ["after", "end"]);
+    }
+    assert_eq!(other.0.data_of("message"), ["end"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// One history, one id space: resume on any instance.
+
+/// Drops a client's body, as a server does when the client goes away, and waits until its
+/// manager has let the connection go.
+async fn disconnect(manager: &ConnectionManager, client: (Received, JoinHandle<()>)) -> Received {
+    let before = manager.len();
+    client.1.abort();
+    let _ = client.1.await;
+    eventually("the connection is gone", WAIT, || manager.len() < before).await;
+    client.0
+}
+
+fn resume_from(id: &str) -> Connect {
+    Connect::new().last_event_id(LastEventId::parse(id).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_resumes_on_another_instance_with_no_gap_and_no_duplicate() {
+    let redis = RedisServer::start();
+    let [a, b, c] = three(&redis.url(), "resume").await;
+    let first = client(&a.manager, Connect::new().topic("prices"));
+    for i in 0..5 {
+        a.manager.publish(msg(&format!("all {i}"))).unwrap();
+        c.manager
+            .publish_topic("prices", msg(&format!("prices {i}")))
+            .unwrap();
+    }
+    eventually("ten events on A", WAIT, || first.0.events().len() == 10).await;
+    let first = disconnect(&a.manager, first).await;
+    let last_seen = first.events().last().unwrap().last_event_id.clone();
+    // Missed while away: on all, on its topic, and on a topic it is not on.
+    let mut missed = Vec::new();
+    for i in 0..4 {
+        missed.push(publish(&c.manager, &format!("missed {i}")).await);
+        let d = c
+            .manager
+            .publish_topic_confirmed("prices", msg(&format!("missed prices {i}")))
+            .await
+            .unwrap();
+        missed.push(d.id.unwrap().to_string());
+        c.manager.publish_topic("news", msg("not for it")).unwrap();
+    }
+    c.manager.publish(msg("end of the missed")).unwrap();
+    // B has read it all from Redis once the marker is in its history.
+    let probe = client(&b.manager, Connect::new());
+    eventually("B caught up", WAIT, || probe.0.has_data("end of the missed")).await;
+
+    let second = client(&b.manager, resume_from(&last_seen).topic("prices"));
+    b.manager.publish(msg("live")).unwrap();
+    eventually("the live event on B", WAIT, || second.0.has_data("live")).await;
+    let replayed: Vec<String> = second.0.events().iter().map(|e| e.data.clone()).collect();
+    let mut expected: Vec<String> = (0..4)
+        .flat_map(|i| [format!("missed {i}"), format!("missed prices {i}")])
+        .collect();
+    expected.extend(["end of the missed".to_owned(), "live".to_owned()]);
+    assert_eq!(replayed, expected);
+    let ids: Vec<String> = second.0.events().iter().map(|e| e.last_event_id.clone()).collect();
+    assert_eq!(ids[..8], missed[..]);
+    assert_eq!(b.manager.stats().resumed, 1);
+    assert_eq!(b.manager.stats().gaps, 0);
+    // Across both sessions: the event numbers skip only where "news" was published, which
+    // this client is not on. Without those, one contiguous run.
+    let mut both = first.ids();
+    both.extend(second.0.ids());
+    let news: Vec<u64> = both
+        .windows(2)
+        .flat_map(|w| {
+            let n = |id: &str| id.rsplit_once('-').unwrap().1.parse::<u64>().unwrap();
+            (n(&w[0].0) + 1..n(&w[1].0)).collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(news.len(), 4, "exactly the four news events are skipped: {both:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_instance_resumes_the_same_id_the_same_way() {
+    let redis = RedisServer::start();
+    let [a, b, c] = three(&redis.url(), "same-history").await;
+    let ids: Vec<String> = {
+        let mut v = Vec::new();
+        for i in 0..6 {
+            v.push(publish(&a.manager, &format!("e{i}")).await);
+        }
+        v
+    };
+    for inst in [&a, &b, &c] {
+        let r = client(&inst.manager, resume_from(&ids[2]));
+        eventually("the replay", WAIT, || r.0.events().len() == 3).await;
+        assert_eq!(r.0.data_of("message"), ["e3", "e4", "e5"]);
+    }
+    // An instance that joins later reads the history from Redis when it connects.
+    let d = instance(&redis.url(), "same-history").await;
+    let r = client(&d.manager, resume_from(&ids[0]));
+    eventually("the replay on a new instance", WAIT, || r.0.events().len() == 5).await;
+    assert_eq!(r.0.data_of("message"), ["e1", "e2", "e3", "e4", "e5"]);
+    assert_eq!(d.manager.stats().gaps, 0);
 }
