@@ -14,12 +14,13 @@ mod common;
 
 use std::time::Duration;
 
+use common::proxy::Proxy;
 use common::redis::RedisServer;
 use common::sequence::{self, GAP};
 use common::sse::{eventually, read, Ended, Received};
 use tokio::task::JoinHandle;
 use tower_sse::backplane::{RedisBackplane, RedisBackplaneBuilder};
-use tower_sse::manager::{Completion, Connect, ConnectionId, ConnectionManager};
+use tower_sse::manager::{Completion, Connect, ConnectionId, ConnectionManager, SendError};
 use tower_sse::{Event, LastEventId};
 
 /// Long enough for anything that works (a round trip through Redis takes well under a
@@ -479,4 +480,144 @@ async fn every_instance_resumes_the_same_id_the_same_way() {
     eventually("the replay on a new instance", WAIT, || r.0.events().len() == 5).await;
     assert_eq!(r.0.data_of("message"), ["e1", "e2", "e3", "e4", "e5"]);
     assert_eq!(d.manager.stats().gaps, 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The gap event: after trimming, and after Redis lost its data.
+
+/// Publishes `count` events from `manager`, each confirmed; returns their ids.
+async fn publish_run(manager: &ConnectionManager, prefix: &str, count: usize) -> Vec<String> {
+    let mut ids = Vec::with_capacity(count);
+    for i in 0..count {
+        ids.push(publish(manager, &format!("{prefix}{i}")).await);
+    }
+    ids
+}
+
+/// Redis with small stream nodes, so that `MAXLEN ~` trims close to the bound.
+fn small_nodes() -> RedisServer {
+    RedisServer::start_with(&["--stream-node-max-entries", "4"])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_stalls_past_the_trimmed_history_sends_the_gap_event() {
+    let redis = small_nodes();
+    let hub = "trim-live";
+    let small = |b: RedisBackplaneBuilder| b.history(8, None);
+    let a = instance_with(&redis.url(), hub, small).await;
+    // B reaches Redis through a proxy that can stall its connections.
+    let proxy = Proxy::start(([127, 0, 0, 1], redis.port).into()).await;
+    let b = instance_with(&format!("redis://{}", proxy.addr), hub, small).await;
+    let on_a = client(&a.manager, Connect::new());
+    let on_b = client(&b.manager, Connect::new());
+    let before = publish_run(&a.manager, "before ", 3).await;
+    eventually("B got the first three", WAIT, || on_b.0.events().len() == 3).await;
+
+    proxy.pause();
+    let during = publish_run(&a.manager, "during ", 40).await;
+    proxy.resume();
+    let after = publish(&a.manager, "after").await;
+    eventually("A got everything", WAIT, || on_a.0.has_data("after")).await;
+    eventually("B got the last one", WAIT, || on_b.0.has_data("after")).await;
+
+    let on_a_ids = sequence::check(&on_a.0.ids()).unwrap();
+    assert_eq!((on_a_ids.events, on_a_ids.gaps), (44, 0));
+    // B could not read what Redis trimmed while it stalled: it says so, once, before the
+    // first entry it could read, and then goes on without a hole.
+    let on_b_ids = sequence::check(&on_b.0.ids()).unwrap();
+    assert_eq!(on_b_ids.gaps, 1, "{:?}", on_b.0.ids());
+    assert!(on_b_ids.events < 44, "Redis kept about 8: {:?}", on_b.0.ids());
+    // (B may still get a few entries Redis sent before the stall took hold.)
+    assert_eq!(on_b.0.ids()[..3], on_a.0.ids()[..3]);
+    let _ = before;
+    assert_eq!(b.manager.stats().gaps, 0, "a live gap is not a resume's");
+
+    // Resuming from an id B never held gets the gap on B, the replay on A, which has it.
+    let on_b_resumed = client(&b.manager, resume_from(&during[5]));
+    let on_a_resumed = client(&a.manager, resume_from(&during[5]));
+    b.manager.publish(msg("live")).unwrap();
+    for (r, _) in [&on_a_resumed, &on_b_resumed] {
+        eventually("the live event", WAIT, || r.has_data("live")).await;
+    }
+    assert_eq!(on_b_resumed.0.events()[0].event_type, GAP);
+    assert_eq!(on_b_resumed.0.data_of("message"), ["live"]);
+    let replayed = on_a_resumed.0.ids();
+    assert_eq!(replayed.len(), 34 + 1 + 1, "during 6..39, after, live");
+    assert_eq!(replayed[0].0, during[6]);
+    assert_eq!(replayed[34].0, after);
+    sequence::check(&replayed).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_joins_after_trimming_knows_what_it_does_not_hold() {
+    let redis = small_nodes();
+    let hub = "trim-join";
+    let small = |b: RedisBackplaneBuilder| b.history(8, None);
+    let a = instance_with(&redis.url(), hub, small).await;
+    let ids = publish_run(&a.manager, "e", 40).await;
+    let len: usize = redis.cli(&["xlen", "{trim-join}:stream"]).parse().unwrap();
+    assert!((8..=12).contains(&len), "trimmed to about 8: {len}");
+    // A late instance reads the newest 8 from Redis when it connects (n = 33..=40; `ids[i]`
+    // is n = i + 1): a client that last saw 32 misses nothing it cannot have, one that last
+    // saw 31 does.
+    let late = instance_with(&redis.url(), hub, small).await;
+    let kept = client(&late.manager, resume_from(&ids[31]));
+    let trimmed = client(&late.manager, resume_from(&ids[30]));
+    late.manager.publish(msg("live")).unwrap();
+    for (r, _) in [&kept, &trimmed] {
+        eventually("the live event", WAIT, || r.has_data("live")).await;
+    }
+    assert_eq!(kept.0.events().len(), 8 + 1, "{:?}", kept.0.ids());
+    assert_eq!(kept.0.ids()[0].0, ids[32]);
+    sequence::check(&kept.0.ids()).unwrap();
+    assert_eq!(trimmed.0.events()[0].event_type, GAP);
+    assert_eq!(trimmed.0.data_of("message"), ["live"]);
+    assert_eq!(late.manager.stats().gaps, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_without_persistence_is_a_new_epoch_and_a_gap() {
+    let mut redis = RedisServer::start();
+    let [a, b, c] = three(&redis.url(), "epoch").await;
+    let live_a = client(&a.manager, Connect::new());
+    let live_b = client(&b.manager, Connect::new());
+    let old = publish_run(&c.manager, "old ", 3).await;
+    for (r, _) in [&live_a, &live_b] {
+        eventually("the old events", WAIT, || r.events().len() == 3).await;
+    }
+    redis.restart();
+    // C makes both epochs (it appends first each time): the new one must still differ, or
+    // its numbers, which start over at 1, would look already read and be skipped silently.
+    // Publishing fails fast until the instance is back, then works.
+    let new = loop_publish_until_up(&c.manager, "new").await;
+    for (r, _) in [&live_a, &live_b] {
+        eventually("the new epoch's event", WAIT, || r.has_data("new")).await;
+        let summary = sequence::check(&r.ids()).unwrap();
+        assert_eq!(summary.epochs.len(), 2, "{:?}", r.ids());
+        assert_eq!(summary.gaps, 1, "{:?}", r.ids());
+    }
+    assert_ne!(new.split_once('-').unwrap().0, old[0].split_once('-').unwrap().0);
+    // An id of the old epoch is unknown everywhere: the gap event, never a silent hole.
+    for inst in [&a, &b, &c] {
+        let r = client(&inst.manager, resume_from(&old[1]));
+        inst.manager.publish(msg("after")).unwrap();
+        eventually("the live event", WAIT, || r.0.has_data("after")).await;
+        assert_eq!(r.0.events()[0].event_type, GAP, "{:?}", r.0.events());
+    }
+}
+
+/// Publishes until the backplane takes it (it refuses while it knows Redis is down), for at
+/// most [`WAIT`]. Returns the broker id.
+async fn loop_publish_until_up(manager: &ConnectionManager, data: &str) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match manager.publish_confirmed(msg(data)).await {
+            Ok(d) => return d.id.unwrap().to_string(),
+            Err(SendError::Backplane(_)) => {
+                assert!(tokio::time::Instant::now() < deadline, "Redis never came back");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
 }

@@ -152,16 +152,25 @@ async fn connection(shared: Arc<Shared>, mut client: TcpStream, cut: Cancellatio
         if !unpaused(&mut paused, &cut).await {
             return;
         }
+        // What was read is written only once the proxy is not paused: a read may have
+        // completed just before a pause, but nothing is forwarded after `pause` returns.
         tokio::select! {
             n = client.read(&mut a) => match n {
                 Ok(0) | Err(_) => return,
-                Ok(n) => if server.write_all(&a[..n]).await.is_err() { return },
+                Ok(n) => {
+                    if !unpaused(&mut paused, &cut).await || server.write_all(&a[..n]).await.is_err() {
+                        return;
+                    }
+                }
             },
             n = server.read(&mut b) => match n {
                 Ok(0) | Err(_) => return,
-                Ok(n) => if client.write_all(&b[..n]).await.is_err() { return },
+                Ok(n) => {
+                    if !unpaused(&mut paused, &cut).await || client.write_all(&b[..n]).await.is_err() {
+                        return;
+                    }
+                }
             },
-            // Paused: stop reading at once, so nothing more gets through.
             _ = paused.changed() => {}
             _ = cut.cancelled() => return,
         }
