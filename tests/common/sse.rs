@@ -90,13 +90,13 @@ impl Received {
 /// body, as a server does when its client goes away).
 pub fn read<B>(body: B) -> (Received, tokio::task::JoinHandle<()>)
 where
-    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
     B::Error: std::fmt::Display,
 {
     let received = Received::default();
     let state = received.state.clone();
     let task = tokio::spawn(async move {
-        let mut body = body;
+        let mut body = Box::pin(body);
         let mut decoder = Decoder::new();
         loop {
             match body.frame().await {
