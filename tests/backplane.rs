@@ -15,13 +15,13 @@ mod common;
 use std::time::Duration;
 
 use common::proxy::Proxy;
-use common::redis::RedisServer;
+use common::redis::{RedisCluster, RedisServer};
 use common::sequence::{self, GAP};
 use common::sse::{eventually, read, Ended, Received};
 use tokio::task::JoinHandle;
-use tower_sse::backplane::{RedisBackplane, RedisBackplaneBuilder};
+use tower_sse::backplane::{BackplaneError, RedisBackplane, RedisBackplaneBuilder};
 use tower_sse::manager::{Completion, Connect, ConnectionId, ConnectionManager, SendError};
-use tower_sse::{Event, LastEventId};
+use tower_sse::{Event, LastEventId, SseContext, SseLayer};
 
 /// Long enough for anything that works (a round trip through Redis takes well under a
 /// millisecond on loopback), short enough that a failure is quick.
@@ -164,7 +164,13 @@ fn the_checker_finds_the_other_wrong_sequences() {
         // Backwards, even after a gap.
         &[("a-5", "message"), ("a-5", GAP), ("a-3", "message")],
         // An epoch that comes back.
-        &[("a-1", "message"), ("", GAP), ("b-1", "message"), ("", GAP), ("a-2", "message")],
+        &[
+            ("a-1", "message"),
+            ("", GAP),
+            ("b-1", "message"),
+            ("", GAP),
+            ("a-2", "message"),
+        ],
         // An event without a broker id.
         &[("a-1", "message"), ("7", "message")],
     ];
@@ -182,7 +188,12 @@ async fn a_publish_on_any_instance_reaches_every_instance_once_in_order() {
     let [a, b, c] = three(&redis.url(), "publish").await;
     let clients: Vec<(Received, JoinHandle<()>)> = [&a, &b, &c]
         .iter()
-        .flat_map(|i| [client(&i.manager, Connect::new()), client(&i.manager, Connect::new())])
+        .flat_map(|i| {
+            [
+                client(&i.manager, Connect::new()),
+                client(&i.manager, Connect::new()),
+            ]
+        })
         .collect();
     // Each instance publishes its own run; they interleave in the broker.
     let mut publishers = Vec::new();
@@ -237,7 +248,10 @@ async fn topic_and_key_sends_reach_their_connections_on_every_instance() {
     a.manager
         .publish_topic("prices", msg("EUR 1.08"))
         .expect("handed to the broker");
-    let sent = a.manager.send_to_key("user-7", msg("just for you")).unwrap();
+    let sent = a
+        .manager
+        .send_to_key("user-7", msg("just for you"))
+        .unwrap();
     assert_eq!(sent.delivered, 0, "counted where it is delivered, not here");
     // Marks the end: once it arrives, everything before it has.
     a.manager.publish(msg("end")).unwrap();
@@ -299,7 +313,12 @@ async fn complete_key_from_another_instance_ends_every_stream_of_the_key() {
     let bystander = client(&a.manager, Connect::new().key("ticker-43"));
     // What was sent before the completion is delivered first.
     c.manager.send_to_key("ticker-42", msg("tick 1")).unwrap();
-    assert_eq!(c.manager.complete_key("ticker-42", end_event("stopped by C")).unwrap(), 0);
+    assert_eq!(
+        c.manager
+            .complete_key("ticker-42", end_event("stopped by C"))
+            .unwrap(),
+        0
+    );
     for (r, _) in &tickers {
         eventually("the ticker ends", WAIT, || r.ended().is_some()).await;
         assert_eq!(r.ended(), Some(Ended::Clean));
@@ -308,7 +327,10 @@ async fn complete_key_from_another_instance_ends_every_stream_of_the_key() {
         // A plain completion's last event keeps its own (absent) id.
         assert_eq!(r.events().last().unwrap().last_event_id, "");
     }
-    eventually("every ticker gone", WAIT, || a.manager.len() + b.manager.len() == 1).await;
+    eventually("every ticker gone", WAIT, || {
+        a.manager.len() + b.manager.len() == 1
+    })
+    .await;
     assert!(bystander.0.ended().is_none());
 
     // `Completion::finish` crosses the broker too: the last event carries the finished
@@ -320,7 +342,10 @@ async fn complete_key_from_another_instance_ends_every_stream_of_the_key() {
     for (r, _) in [&finished, &bystander] {
         eventually("the stream finishes", WAIT, || r.ended().is_some()).await;
         let last = r.events().last().cloned().unwrap();
-        assert_eq!((last.event_type.as_str(), last.data.as_str()), ("end", "finished"));
+        assert_eq!(
+            (last.event_type.as_str(), last.data.as_str()),
+            ("end", "finished")
+        );
         assert!(
             last.last_event_id
                 .starts_with(tower_sse::DEFAULT_FINISHED_PREFIX.as_str()),
@@ -348,7 +373,10 @@ async fn evict_key_from_another_instance_ends_its_streams_at_once() {
     let closed = b.manager.stats().closed;
     assert_eq!(closed[&tower_sse::manager::CloseReason::Evicted], 1);
     a.manager.publish(msg("still here")).unwrap();
-    eventually("the kept one still gets events", WAIT, || kept.0.has_data("still here")).await;
+    eventually("the kept one still gets events", WAIT, || {
+        kept.0.has_data("still here")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -372,7 +400,9 @@ async fn subscribe_key_from_another_instance_changes_topics_where_the_key_lives(
     // orders the two): not delivered. (Waiting for "after" first matters: an unsubscribe
     // also drops what was queued and not yet written, by design.)
     c.manager.unsubscribe_key("user-7", "room:1").unwrap();
-    c.manager.publish_topic("room:1", msg("after leaving")).unwrap();
+    c.manager
+        .publish_topic("room:1", msg("after leaving"))
+        .unwrap();
     c.manager.publish(msg("end")).unwrap();
     for (r, _) in [&user_b, &user_c, &other] {
         eventually("the end marker", WAIT, || r.has_data("end")).await;
@@ -429,7 +459,10 @@ async fn a_client_resumes_on_another_instance_with_no_gap_and_no_duplicate() {
     c.manager.publish(msg("end of the missed")).unwrap();
     // B has read it all from Redis once the marker is in its history.
     let probe = client(&b.manager, Connect::new());
-    eventually("B caught up", WAIT, || probe.0.has_data("end of the missed")).await;
+    eventually("B caught up", WAIT, || {
+        probe.0.has_data("end of the missed")
+    })
+    .await;
 
     let second = client(&b.manager, resume_from(&last_seen).topic("prices"));
     b.manager.publish(msg("live")).unwrap();
@@ -440,7 +473,12 @@ async fn a_client_resumes_on_another_instance_with_no_gap_and_no_duplicate() {
         .collect();
     expected.extend(["end of the missed".to_owned(), "live".to_owned()]);
     assert_eq!(replayed, expected);
-    let ids: Vec<String> = second.0.events().iter().map(|e| e.last_event_id.clone()).collect();
+    let ids: Vec<String> = second
+        .0
+        .events()
+        .iter()
+        .map(|e| e.last_event_id.clone())
+        .collect();
     assert_eq!(ids[..8], missed[..]);
     assert_eq!(b.manager.stats().resumed, 1);
     assert_eq!(b.manager.stats().gaps, 0);
@@ -455,7 +493,11 @@ async fn a_client_resumes_on_another_instance_with_no_gap_and_no_duplicate() {
             (n(&w[0].0) + 1..n(&w[1].0)).collect::<Vec<_>>()
         })
         .collect();
-    assert_eq!(news.len(), 4, "exactly the four news events are skipped: {both:?}");
+    assert_eq!(
+        news.len(),
+        4,
+        "exactly the four news events are skipped: {both:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -477,7 +519,10 @@ async fn every_instance_resumes_the_same_id_the_same_way() {
     // An instance that joins later reads the history from Redis when it connects.
     let d = instance(&redis.url(), "same-history").await;
     let r = client(&d.manager, resume_from(&ids[0]));
-    eventually("the replay on a new instance", WAIT, || r.0.events().len() == 5).await;
+    eventually("the replay on a new instance", WAIT, || {
+        r.0.events().len() == 5
+    })
+    .await;
     assert_eq!(r.0.data_of("message"), ["e1", "e2", "e3", "e4", "e5"]);
     assert_eq!(d.manager.stats().gaps, 0);
 }
@@ -526,7 +571,11 @@ async fn an_instance_that_stalls_past_the_trimmed_history_sends_the_gap_event() 
     // first entry it could read, and then goes on without a hole.
     let on_b_ids = sequence::check(&on_b.0.ids()).unwrap();
     assert_eq!(on_b_ids.gaps, 1, "{:?}", on_b.0.ids());
-    assert!(on_b_ids.events < 44, "Redis kept about 8: {:?}", on_b.0.ids());
+    assert!(
+        on_b_ids.events < 44,
+        "Redis kept about 8: {:?}",
+        on_b.0.ids()
+    );
     // (B may still get a few entries Redis sent before the stall took hold.)
     assert_eq!(on_b.0.ids()[..3], on_a.0.ids()[..3]);
     let _ = before;
@@ -596,7 +645,10 @@ async fn a_redis_restart_without_persistence_is_a_new_epoch_and_a_gap() {
         assert_eq!(summary.epochs.len(), 2, "{:?}", r.ids());
         assert_eq!(summary.gaps, 1, "{:?}", r.ids());
     }
-    assert_ne!(new.split_once('-').unwrap().0, old[0].split_once('-').unwrap().0);
+    assert_ne!(
+        new.split_once('-').unwrap().0,
+        old[0].split_once('-').unwrap().0
+    );
     // An id of the old epoch is unknown everywhere: the gap event, never a silent hole.
     for inst in [&a, &b, &c] {
         let r = client(&inst.manager, resume_from(&old[1]));
@@ -614,7 +666,10 @@ async fn loop_publish_until_up(manager: &ConnectionManager, data: &str) -> Strin
         match manager.publish_confirmed(msg(data)).await {
             Ok(d) => return d.id.unwrap().to_string(),
             Err(SendError::Backplane(_)) => {
-                assert!(tokio::time::Instant::now() < deadline, "Redis never came back");
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "Redis never came back"
+                );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Err(e) => panic!("{e}"),
@@ -651,4 +706,505 @@ async fn a_client_that_resumes_on_an_instance_behind_it_gets_no_duplicate() {
     let mut both = first.ids();
     both.extend(second.0.ids());
     sequence::check(&both).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fault injection. Three instances, two clients on each, two instances publishing without a
+// pause while the fault happens. Afterwards each client's ids must pass the checker, start
+// with the first publish and end with the last: whatever the fault did, a client sees one
+// contiguous run or a gap event at each break.
+
+/// What the publishers of a fault test did.
+struct Published {
+    /// Ids the broker confirmed, per publisher, in order.
+    confirmed: Vec<Vec<String>>,
+    /// Publishes refused at once because the instance knew Redis was down.
+    unavailable: usize,
+    /// Publishes that were on their way when the connection failed.
+    unconfirmed: usize,
+}
+
+/// Publishes from `managers`, each in its own task, one confirmed publish after another,
+/// until `stop` is cancelled.
+fn publishers(
+    managers: &[&ConnectionManager],
+    stop: &tokio_util::sync::CancellationToken,
+) -> Vec<JoinHandle<(Vec<String>, usize, usize)>> {
+    managers
+        .iter()
+        .enumerate()
+        .map(|(p, m)| {
+            let (m, stop) = ((*m).clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut ids, mut unavailable, mut unconfirmed) = (Vec::new(), 0, 0);
+                let mut i = 0;
+                while !stop.is_cancelled() {
+                    match m.publish_confirmed(msg(&format!("p{p} {i}"))).await {
+                        Ok(d) => ids.push(d.id.unwrap().to_string()),
+                        Err(SendError::Backplane(BackplaneError::Unavailable)) => unavailable += 1,
+                        Err(SendError::Backplane(BackplaneError::Unconfirmed)) => unconfirmed += 1,
+                        Err(e) => panic!("{e}"),
+                    }
+                    i += 1;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                (ids, unavailable, unconfirmed)
+            })
+        })
+        .collect()
+}
+
+/// The faults injected while publishing.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// `kill -STOP` until every instance has noticed, then `kill -CONT`.
+    Stop,
+    /// `CLIENT KILL TYPE normal`: every connection of every instance.
+    KillClients,
+    /// Kill and start a new, empty Redis on the same port.
+    Restart,
+}
+
+async fn inject(fault: Fault, redis: &mut RedisServer, instances: &[Instance; 3]) {
+    match fault {
+        Fault::Stop => {
+            redis.stop();
+            // Longer than a read may take (block time + 2 s): the stall is noticed, and from
+            // then on publishes are refused at once, with the typed error.
+            eventually("the stall is noticed", WAIT, || {
+                instances.iter().all(|i| !i.redis.is_up())
+            })
+            .await;
+            assert_eq!(
+                instances[2].manager.publish(msg("refused")).unwrap_err(),
+                SendError::Backplane(BackplaneError::Unavailable)
+            );
+            redis.resume();
+        }
+        Fault::KillClients => {
+            assert_eq!(redis.cli(&["client", "kill", "type", "pubsub"]), "0");
+            let killed: usize = redis
+                .cli(&["client", "kill", "type", "normal"])
+                .parse()
+                .unwrap();
+            // Each instance holds at least a reader and a writer.
+            assert!(killed >= 6, "{killed}");
+        }
+        Fault::Restart => redis.restart(),
+    }
+}
+
+/// Injects `fault` into `redis` while two instances publish to six clients, then checks
+/// every client. Returns what was published and every client's checked summary.
+async fn under_fault(
+    redis: &mut RedisServer,
+    hub: &str,
+    fault: Fault,
+) -> (Published, Vec<sequence::Summary>) {
+    let instances = three(&redis.url(), hub).await;
+    let clients: Vec<(Received, JoinHandle<()>)> = instances
+        .iter()
+        .flat_map(|i| {
+            [
+                client(&i.manager, Connect::new()),
+                client(&i.manager, Connect::new()),
+            ]
+        })
+        .collect();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let tasks = publishers(&[&instances[0].manager, &instances[1].manager], &stop);
+    // Some traffic before the fault...
+    eventually("traffic before the fault", WAIT, || {
+        clients.iter().all(|(r, _)| r.events().len() >= 20)
+    })
+    .await;
+    inject(fault, redis, &instances).await;
+    // ...and after it, once every instance is back.
+    eventually("every instance back up", WAIT, || {
+        instances.iter().all(|i| i.redis.is_up())
+    })
+    .await;
+    let resumed = clients[0].0.events().len();
+    eventually("traffic after the fault", WAIT, || {
+        clients[0].0.events().len() >= resumed + 20
+    })
+    .await;
+    stop.cancel();
+    let mut published = Published {
+        confirmed: Vec::new(),
+        unavailable: 0,
+        unconfirmed: 0,
+    };
+    for t in tasks {
+        let (ids, unavailable, unconfirmed) = t.await.unwrap();
+        published.confirmed.push(ids);
+        published.unavailable += unavailable;
+        published.unconfirmed += unconfirmed;
+    }
+    // The last confirmed publish reaches everyone; nothing arrives after it.
+    let last = instances[2]
+        .manager
+        .publish_confirmed(msg("last"))
+        .await
+        .unwrap();
+    let last = last.id.unwrap().to_string();
+    for (r, _) in &clients {
+        eventually("the last publish", WAIT, || r.has_data("last")).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let first = published
+        .confirmed
+        .iter()
+        .filter_map(|ids| ids.first())
+        .min_by_key(|id| id.rsplit_once('-').unwrap().1.parse::<u64>().unwrap())
+        .unwrap()
+        .clone();
+    let mut summaries = Vec::new();
+    for (i, (r, _)) in clients.iter().enumerate() {
+        let ids = r.ids();
+        let summary = sequence::check(&ids).unwrap_or_else(|e| panic!("client {i}: {e}"));
+        assert_eq!(ids[0].0, first, "client {i} starts with the first publish");
+        assert_eq!(ids.last().unwrap().0, last, "client {i} ends with the last");
+        summaries.push(summary);
+    }
+    eprintln!(
+        "{fault:?}: confirmed {:?} unavailable {} unconfirmed {} summaries {:?}",
+        published.confirmed.iter().map(Vec::len).collect::<Vec<_>>(),
+        published.unavailable,
+        published.unconfirmed,
+        summaries
+            .iter()
+            .map(|s| (s.events, s.gaps))
+            .collect::<Vec<_>>()
+    );
+    (published, summaries)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigstop_and_sigcont_of_redis_while_publishing() {
+    let mut redis = RedisServer::start();
+    let (published, summaries) = under_fault(&mut redis, "sigstop", Fault::Stop).await;
+    assert!(published.unavailable > 0);
+    // Redis lost nothing, so there is nothing to signal: one contiguous run each.
+    for s in &summaries {
+        assert_eq!(s.gaps, 0, "{s:?}");
+        assert_eq!(s.epochs.len(), 1);
+    }
+    // Every confirmed publish arrived (the run is contiguous from the first to the last).
+    let total: usize = published.confirmed.iter().map(Vec::len).sum();
+    assert!(summaries.iter().all(|s| s.events > total), "{total}");
+}
+
+/// `CLIENT KILL TYPE pubsub`, as the issue names it, would kill nothing here: the backplane
+/// uses no Pub/Sub at all, only a blocking `XREAD` on an ordinary connection (which doubles
+/// as the stall probe). Killing the `normal` connections is the same fault for this design:
+/// every connection of every instance is cut at once, readers and writers alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_kill_of_every_connection_while_publishing() {
+    let mut redis = RedisServer::start();
+    let (_published, summaries) = under_fault(&mut redis, "kill", Fault::KillClients).await;
+    for s in &summaries {
+        assert_eq!(s.gaps, 0, "{s:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_on_the_same_port_while_publishing() {
+    let mut redis = RedisServer::start();
+    let (_published, summaries) = under_fault(&mut redis, "restart", Fault::Restart).await;
+    // The new, empty Redis is a new epoch: one gap event at the break, none elsewhere.
+    for s in &summaries {
+        assert_eq!(s.epochs.len(), 2, "{s:?}");
+        assert_eq!(s.gaps, 1, "{s:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Broker down: fail fast, keep streams open.
+
+/// A client of `manager` through `SseLayer` (heartbeats every `heartbeat`), read on a task.
+async fn layered_client(
+    manager: &ConnectionManager,
+    heartbeat: Duration,
+) -> (Received, JoinHandle<()>) {
+    use tower::{Layer, ServiceExt};
+    let m = manager.clone();
+    let svc = SseLayer::new()
+        .heartbeat_interval(heartbeat)
+        .layer(tower::service_fn(move |req: http::Request<()>| {
+            let m = m.clone();
+            async move {
+                let ctx = req.extensions().get::<SseContext>().unwrap().clone();
+                let (_handle, body) = m.connect(Connect::new().context(&ctx)).unwrap();
+                Ok::<_, std::convert::Infallible>(body.into_response())
+            }
+        }));
+    let res = svc.oneshot(http::Request::new(())).await.unwrap();
+    read(res.into_body())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_redis_is_down_publishes_fail_fast_and_streams_stay_open() {
+    let mut redis = RedisServer::start();
+    let [a, b, _c] = three(&redis.url(), "down").await;
+    let heartbeat = Duration::from_millis(50);
+    let on_a = layered_client(&a.manager, heartbeat).await;
+    let on_b = layered_client(&b.manager, heartbeat).await;
+    publish(&a.manager, "before").await;
+    for (r, _) in [&on_a, &on_b] {
+        eventually("the first event", WAIT, || r.has_data("before")).await;
+    }
+
+    redis.kill();
+    eventually("Redis is seen down", WAIT, || {
+        !a.redis.is_up() && !b.redis.is_up()
+    })
+    .await;
+    let unavailable = SendError::Backplane(BackplaneError::Unavailable);
+    // Refused at once, with the error that says why, for every routed operation.
+    assert_eq!(a.manager.publish(msg("x")).unwrap_err(), unavailable);
+    assert_eq!(
+        a.manager.publish_topic("t", msg("x")).unwrap_err(),
+        unavailable
+    );
+    assert_eq!(
+        a.manager.send_to_key("k", msg("x")).unwrap_err(),
+        unavailable
+    );
+    assert_eq!(a.manager.complete_key("k", None).unwrap_err(), unavailable);
+    assert_eq!(a.manager.evict_key("k").unwrap_err(), unavailable);
+    assert_eq!(
+        a.manager.publish_confirmed(msg("x")).await.unwrap_err(),
+        unavailable
+    );
+    assert!(a.manager.subscribe_key("k", "t").is_err());
+    assert_eq!(
+        a.redis.cluster_stats().await.unwrap_err(),
+        BackplaneError::Unavailable
+    );
+    // The streams stay open, and the layer's heartbeats go on.
+    let beats: Vec<usize> = [&on_a, &on_b].iter().map(|(r, _)| r.heartbeats()).collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for ((r, _), before) in [&on_a, &on_b].into_iter().zip(beats) {
+        assert!(
+            r.heartbeats() >= before + 3,
+            "{} -> {}",
+            before,
+            r.heartbeats()
+        );
+        assert_eq!(r.ended(), None);
+    }
+    // Local operations need no broker.
+    assert_eq!(a.manager.len(), 1);
+    assert!(a.manager.send_filter(|_| true, msg("local")).is_ok());
+    eventually("a local send", WAIT, || on_a.0.has_data("local")).await;
+
+    redis.restart();
+    let after = loop_publish_until_up(&b.manager, "after").await;
+    for (r, _) in [&on_a, &on_b] {
+        eventually("publishing works again", WAIT, || r.has_data("after")).await;
+        assert_eq!(r.ended(), None);
+        // The new Redis is empty: a new epoch, and the gap event that says so.
+        assert_eq!(r.events().last().unwrap().last_event_id, after);
+        assert!(r.events().iter().any(|e| e.event_type == GAP));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The cluster view, and an instance that dies.
+
+/// Polls `cond` every 5 ms until it holds (at most [`WAIT`]); returns how long it took.
+async fn time_until<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut cond: impl FnMut() -> F,
+) -> Duration {
+    let start = tokio::time::Instant::now();
+    while !cond().await {
+        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    start.elapsed()
+}
+
+/// Opens per instance, by instance number, as the cluster view reports them.
+async fn opens(view: &RedisBackplane) -> Vec<(u32, u64)> {
+    let mut v: Vec<(u32, u64)> = view
+        .cluster_stats()
+        .await
+        .unwrap()
+        .instances
+        .iter()
+        .map(|i| (i.instance, i.open))
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+fn expected(pairs: &[(&Instance, u64)]) -> Vec<(u32, u64)> {
+    let mut v: Vec<(u32, u64)> = pairs
+        .iter()
+        .map(|(i, n)| (i.redis.instance(), *n))
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// Presence is reported every interval (100 ms here), so the view is at most about one
+/// interval old; a dead instance drops out after three. The measured times are printed
+/// (`--nocapture`); the bounds asserted are generous, the point is that it converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_view_adds_up_and_says_where_keys_are() {
+    let redis = RedisServer::start();
+    let [a, b, c] = three(&redis.url(), "view").await;
+    let view = c.redis.clone();
+    let a1 = client(&a.manager, Connect::new());
+    let a2 = client(&a.manager, Connect::new().key("user-8"));
+    let b1 = client(&b.manager, Connect::new());
+    let want = expected(&[(&a, 2), (&b, 1), (&c, 0)]);
+    let seen = time_until("the opens", || {
+        let (view, want) = (view.clone(), want.clone());
+        async move { opens(&view).await == want }
+    })
+    .await;
+    assert_eq!(view.cluster_stats().await.unwrap().open, 3);
+    assert!(view.is_connected("user-8").await.unwrap());
+    assert!(!view.is_connected("user-7").await.unwrap());
+
+    // A key connecting on B is seen from C after at most about one interval.
+    let user = client(&b.manager, Connect::new().key("user-7"));
+    let connect_seen = time_until("the key's connect", || {
+        let view = view.clone();
+        async move { view.is_connected("user-7").await.unwrap() }
+    })
+    .await;
+    let user = disconnect(&b.manager, user).await;
+    drop(user);
+    let close_seen = time_until("the key's close", || {
+        let view = view.clone();
+        async move { !view.is_connected("user-7").await.unwrap() }
+    })
+    .await;
+    // Two instances holding the same key: it stays connected until both have left.
+    let on_a = client(&a.manager, Connect::new().key("user-9"));
+    let on_c = client(&c.manager, Connect::new().key("user-9"));
+    time_until("user-9 seen", || {
+        let view = view.clone();
+        async move { view.is_connected("user-9").await.unwrap() }
+    })
+    .await;
+    disconnect(&a.manager, on_a).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(view.is_connected("user-9").await.unwrap());
+    disconnect(&c.manager, on_c).await;
+    time_until("user-9 gone", || {
+        let view = view.clone();
+        async move { !view.is_connected("user-9").await.unwrap() }
+    })
+    .await;
+
+    // B dies while C publishes: nothing of A's is lost, and B drops out of the view.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let tasks = publishers(&[&c.manager], &stop);
+    eventually("traffic", WAIT, || a1.0.events().len() >= 10).await;
+    disconnect(&b.manager, b1).await;
+    let b_id = b.redis.instance();
+    drop(b);
+    let gone = time_until("B drops out", || {
+        let view = view.clone();
+        async move { opens(&view).await.iter().all(|(i, _)| *i != b_id) }
+    })
+    .await;
+    stop.cancel();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    publish(&c.manager, "last").await;
+    for (r, _) in [&a1, &a2] {
+        eventually("the last publish", WAIT, || r.has_data("last")).await;
+        let s = sequence::check(&r.ids()).unwrap();
+        assert_eq!(s.gaps, 0);
+    }
+    assert_eq!(opens(&view).await, expected(&[(&a, 2), (&c, 0)]));
+    eprintln!(
+        "presence every 100 ms: opens seen after {seen:?}, a key's connect after \
+         {connect_seen:?}, its close after {close_seen:?}, a dead instance gone after {gone:?}"
+    );
+    for d in [seen, connect_seen, close_seen] {
+        assert!(d < Duration::from_secs(1), "{d:?}");
+    }
+    assert!(gone < Duration::from_secs(2), "{gone:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redis Cluster.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_three_node_redis_cluster() {
+    let cluster = RedisCluster::start();
+    let hub = "clustered";
+    let owner = cluster.node_for("{clustered}:stream");
+    // The seed list names the other nodes first: the client finds the hub's node itself.
+    let mut urls = cluster.urls();
+    urls.sort_by_key(|u| u.ends_with(&format!(":{}", owner.port)));
+    let connect = || async {
+        let redis = fast(RedisBackplane::cluster_builder(urls.clone()).hub(hub))
+            .connect()
+            .await
+            .expect("connect to the cluster");
+        let manager = ConnectionManager::builder()
+            .backplane(redis.clone())
+            .build();
+        Instance { manager, redis }
+    };
+    let (a, b, c) = (connect().await, connect().await, connect().await);
+    let on_b = client(&b.manager, Connect::new().topic("prices"));
+    let on_c = client(&c.manager, Connect::new().key("user-7"));
+    let mut ids = publish_run(&a.manager, "e", 3).await;
+    let d = a
+        .manager
+        .publish_topic_confirmed("prices", msg("EUR 1.08"))
+        .await
+        .unwrap();
+    ids.push(d.id.unwrap().to_string());
+    eventually("on B", WAIT, || on_b.0.events().len() == 4).await;
+    assert_eq!(on_b.0.data_of("message"), ["e0", "e1", "e2", "EUR 1.08"]);
+    sequence::check(&on_b.0.ids()).unwrap();
+    // Replay on another instance.
+    let on_b = disconnect(&b.manager, on_b).await;
+    let missed = publish_run(&b.manager, "missed ", 2).await;
+    let resumed = client(&c.manager, resume_from(&ids[3]).topic("prices"));
+    eventually("the replay on C", WAIT, || resumed.0.events().len() == 2).await;
+    assert_eq!(resumed.0.data_of("message"), ["missed 0", "missed 1"]);
+    let mut both = on_b.ids();
+    both.extend(resumed.0.ids());
+    sequence::check(&both).unwrap();
+    assert_eq!(resumed.0.ids()[1].0, missed[1]);
+    // A key send (after the replay: it takes a number in the stream too, which the sequence
+    // of a client it is not for skips).
+    b.manager.send_to_key("user-7", msg("for you")).unwrap();
+    eventually("on C", WAIT, || on_c.0.has_data("for you")).await;
+    assert_eq!(
+        on_c.0.data_of("message"),
+        ["e0", "e1", "e2", "missed 0", "missed 1", "for you"]
+    );
+    // Every key of the hub is on one node, the one its hash tag names.
+    assert_eq!(
+        owner.cli(&["exists", "{clustered}:stream", "{clustered}:meta"]),
+        "2"
+    );
+    for node in &cluster.nodes {
+        if node.port != owner.port {
+            assert!(node
+                .cli(&["exists", "{clustered}:stream"])
+                .starts_with("MOVED"));
+        }
+    }
+    // The cluster view works there too.
+    let opens = time_until("the opens", || {
+        let view = a.redis.clone();
+        async move { view.cluster_stats().await.unwrap().open == 2 }
+    })
+    .await;
+    assert!(opens < WAIT);
+    assert!(a.redis.is_connected("user-7").await.unwrap());
 }

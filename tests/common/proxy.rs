@@ -46,7 +46,11 @@ impl Proxy {
              Content-Length: {}\r\nConnection: close\r\n\r\n{html}",
             html.len()
         );
-        Self::launch(upstream, Some((format!("GET {prefix}"), response.into_bytes()))).await
+        Self::launch(
+            upstream,
+            Some((format!("GET {prefix}"), response.into_bytes())),
+        )
+        .await
     }
 
     async fn launch(upstream: SocketAddr, page: Option<(String, Vec<u8>)>) -> Proxy {
