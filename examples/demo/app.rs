@@ -250,15 +250,13 @@ async fn index() -> Html<&'static str> {
     Html(INDEX_HTML)
 }
 
-/// A query parameter that must be there and not be empty.
-fn required<'a>(value: &'a Option<String>, name: &str) -> Result<&'a str, Response> {
-    match value.as_deref() {
-        Some(v) if !v.is_empty() => Ok(v),
-        _ => Err(error(
-            StatusCode::BAD_REQUEST,
-            format!("`{name}` is required"),
-        )),
-    }
+/// A query parameter, if it is there and not empty.
+fn nonempty(value: &Option<String>) -> Option<&str> {
+    value.as_deref().filter(|v| !v.is_empty())
+}
+
+fn missing(name: &str) -> Response {
+    error(StatusCode::BAD_REQUEST, format!("`{name}` is required"))
 }
 
 fn send_error(e: SendError) -> Response {
@@ -387,9 +385,8 @@ async fn complete(
     let Ok(Query(query)) = query else {
         return error(StatusCode::BAD_REQUEST, "malformed query string");
     };
-    let key = match required(&query.key, "key") {
-        Ok(key) => key,
-        Err(refused) => return refused,
+    let Some(key) = nonempty(&query.key) else {
+        return missing("key");
     };
     let bytes = match body::read(&headers, body, hub.settings.body).await {
         Ok(bytes) => bytes,
@@ -420,9 +417,11 @@ async fn change_topics(
     let Ok(Query(query)) = query else {
         return error(StatusCode::BAD_REQUEST, "malformed query string");
     };
-    let (key, topic) = match (required(&query.key, "key"), required(&query.topic, "topic")) {
-        (Ok(key), Ok(topic)) => (key, topic),
-        (Err(refused), _) | (_, Err(refused)) => return refused,
+    let Some(key) = nonempty(&query.key) else {
+        return missing("key");
+    };
+    let Some(topic) = nonempty(&query.topic) else {
+        return missing("topic");
     };
     let changed = if subscribe {
         hub.manager.subscribe_key(key, topic)
@@ -477,9 +476,8 @@ async fn ticker(
     let Ok(Query(query)) = query else {
         return error(StatusCode::BAD_REQUEST, "malformed query string");
     };
-    let key = match required(&query.key, "key") {
-        Ok(key) => key.to_owned(),
-        Err(refused) => return refused,
+    let Some(key) = nonempty(&query.key).map(str::to_owned) else {
+        return missing("key");
     };
     let (min, max) = TICKER_INTERVALS_MS;
     let interval_ms = query.interval_ms.unwrap_or(1000);
