@@ -150,6 +150,9 @@ struct Inner {
     shared: Arc<Shared>,
     tx: mpsc::Sender<Outgoing>,
     start: Mutex<Option<Start>>,
+    /// For the cluster view: the writer's multiplexed connection, shared (it reconnects by
+    /// itself), so a query costs Redis no new connection.
+    view: Link,
 }
 
 impl Drop for Inner {
@@ -256,9 +259,7 @@ impl RedisBackplane {
 
     async fn cluster_query(&self, key: &str) -> Result<(Vec<u32>, Vec<u64>, bool), BackplaneError> {
         let shared = &self.inner.shared;
-        let mut link = Link::open(&shared.servers, Duration::from_secs(2))
-            .await
-            .map_err(|_| BackplaneError::Unavailable)?;
+        let mut link = self.inner.view.clone();
         let reply: Value = redis::Script::new(scripts::CLUSTER)
             .key(&shared.keys.alive)
             .key(&shared.keys.open)
@@ -418,6 +419,7 @@ impl RedisBackplaneBuilder {
             inner: Arc::new(Inner {
                 shared,
                 tx,
+                view: write.clone(),
                 start: Mutex::new(Some(Start {
                     write,
                     read,
