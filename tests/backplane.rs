@@ -1208,3 +1208,29 @@ async fn on_a_three_node_redis_cluster() {
     assert!(opens < WAIT);
     assert!(a.redis.is_connected("user-7").await.unwrap());
 }
+
+/// The cluster view is a query on a connection the backplane holds, not a new connection
+/// per call (a page polling `/stats` would otherwise cost Redis a connection each time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_view_opens_no_connection_per_query() {
+    let redis = RedisServer::start();
+    let a = instance(&redis.url(), "view-cost").await;
+    let accepted = || -> u64 {
+        redis
+            .cli(&["info", "stats"])
+            .lines()
+            .find_map(|l| l.strip_prefix("total_connections_received:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    a.redis.cluster_stats().await.unwrap();
+    let before = accepted();
+    for _ in 0..10 {
+        a.redis.cluster_stats().await.unwrap();
+        a.redis.is_connected("k").await.unwrap();
+    }
+    // (redis-cli's own connection for `info` counts one.)
+    assert_eq!(accepted(), before + 1);
+}
