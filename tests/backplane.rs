@@ -1234,3 +1234,25 @@ async fn the_cluster_view_opens_no_connection_per_query() {
     // (redis-cli's own connection for `info` counts one.)
     assert_eq!(accepted(), before + 1);
 }
+
+/// FAILS today, so ignored (reported to the lead; the fix is a design choice): a failover to
+/// a replica that had not received the last entries keeps the epoch but numbers from an
+/// older point (centrifugo#664). Simulated here by setting the number back, as such a
+/// replica holds it. Every instance has read numbers 3 to 5 already, so it takes the new
+/// entries 3 to 5 for repeats and skips them without a gap event: a silent hole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "engine/manager gap, reported: numbers that go back in the same epoch are skipped silently"]
+async fn numbers_that_go_back_in_the_same_epoch_are_not_skipped_silently() {
+    let redis = RedisServer::start();
+    let [a, b, _c] = three(&redis.url(), "lost-tail").await;
+    let on_b = client(&b.manager, Connect::new());
+    publish_run(&a.manager, "before ", 5).await;
+    eventually("five events", WAIT, || on_b.0.events().len() == 5).await;
+    assert_eq!(redis.cli(&["hset", "{lost-tail}:meta", "n", "2"]), "0");
+    publish_run(&a.manager, "after ", 3).await;
+    publish(&a.manager, "marker").await;
+    eventually("the marker", WAIT, || on_b.0.has_data("marker")).await;
+    let got_them = (0..3).all(|i| on_b.0.has_data(&format!("after {i}")));
+    let told = on_b.0.events().iter().any(|e| e.event_type == GAP);
+    assert!(got_them || told, "{:?}", on_b.0.events());
+}
