@@ -48,6 +48,13 @@ mod app;
 #[path = "../shared/server.rs"]
 mod server;
 
+/// jemalloc, whose background thread hands freed pages back to the system within seconds
+/// of a flood of connections closing, where glibc's malloc keeps them mapped: measured with
+/// `scripts/demo-memory.py` (README, "The demo hub").
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusBuilder;
@@ -106,6 +113,7 @@ async fn main() {
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
+    start_purging();
     let server_settings = server::Settings::from_env().unwrap_or_else(|e| fail(2, e));
     let mut settings = settings_from_env(&server_settings).unwrap_or_else(|e| fail(2, e));
 
@@ -180,6 +188,23 @@ async fn main() {
         tracing::info!("drained");
     } else {
         tracing::warn!("drain took too long; exiting anyway");
+    }
+}
+
+/// Starts jemalloc's background thread, which purges freed pages as they age (dirty pages
+/// after `dirty_decay_ms`, 10 s by default) even while the server is idle; without it,
+/// jemalloc purges only when a thread calls into it, so a server that went quiet after a
+/// flood keeps the flood's pages. Unless `_RJEM_MALLOC_CONF` says otherwise, which it reads
+/// first (`background_thread:true,dirty_decay_ms:1000` gives memory back within 2 s).
+fn start_purging() {
+    #[cfg(not(target_env = "msvc"))]
+    {
+        if std::env::var_os("_RJEM_MALLOC_CONF").is_some() {
+            return;
+        }
+        if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+            tracing::warn!("jemalloc's background thread did not start: {e}");
+        }
     }
 }
 
