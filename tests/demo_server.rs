@@ -242,92 +242,105 @@ const SLOWLORIS: usize = 2_000;
 const SILENT: usize = 100;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// A slowloris client: one more byte of `GET /events HTTP/1.1` every second (with `drip`),
+/// until the server closes the connection (or `limit` passes). Returns how long after
+/// `connected` the close was seen, or `None`.
+async fn drip_until_closed(
+    mut stream: TcpStream,
+    connected: Instant,
+    drip: bool,
+    limit: Duration,
+) -> Option<Duration> {
+    let line = b"ET /events HTTP/1.1\r\n";
+    let mut buf = [0u8; 1024];
+    let mut next = connected + Duration::from_secs(1);
+    for round in 0.. {
+        if connected.elapsed() > limit {
+            return None;
+        }
+        tokio::select! {
+            read = stream.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return Some(connected.elapsed()),
+                // An answer to an incomplete request can only be an error (a `408`, if
+                // hyper sends one before it closes): read on to the close.
+                Ok(_) => {}
+            },
+            () = tokio::time::sleep_until(next) => {
+                next += Duration::from_secs(1);
+                if drip && stream.write_all(&[line[round % line.len()]]).await.is_err() {
+                    return Some(connected.elapsed());
+                }
+            }
+        }
+    }
+    None
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_connections_are_closed_within_the_header_timeout() {
     let _serial = SERIAL.lock().await;
     let demo = start(HEADER_TIMEOUT, app::Settings::default(), false).await;
     let port = demo.addr.port();
 
-    // Each sends the first byte of a request line; a few send nothing at all.
-    let mut clients = Vec::with_capacity(SLOWLORIS);
-    let first_connected = Instant::now();
-    for _ in 0..SLOWLORIS {
+    // Each sends the first byte of a request line, then one more a second; a few send
+    // nothing at all. Each client's own task sees its connection end.
+    let limit = HEADER_TIMEOUT + Duration::from_secs(5);
+    let first = Instant::now();
+    let mut clients = Vec::with_capacity(SLOWLORIS + SILENT);
+    for i in 0..SLOWLORIS + SILENT {
         let mut stream = TcpStream::connect(demo.addr).await.unwrap();
-        stream.write_all(b"G").await.unwrap();
-        clients.push(stream);
+        let connected = Instant::now();
+        let slowloris = i < SLOWLORIS;
+        if slowloris {
+            stream.write_all(b"G").await.unwrap();
+        }
+        clients.push(tokio::spawn(drip_until_closed(
+            stream, connected, slowloris, limit,
+        )));
     }
-    let mut silent = Vec::with_capacity(SILENT);
-    for _ in 0..SILENT {
-        silent.push(TcpStream::connect(demo.addr).await.unwrap());
-    }
-    let connected = Instant::now();
-    let spread = connected - first_connected;
+    let spread = first.elapsed();
     let up = established(port);
-
-    // One more byte of `GET /events HTTP/1.1` on each every second, until all are closed.
-    let line = b"ET /events HTTP/1.1\r\n";
-    let mut closed = vec![false; SLOWLORIS];
-    let limit = HEADER_TIMEOUT + Duration::from_secs(2);
-    let mut next_drip = Instant::now() + Duration::from_secs(1);
-    let mut dripped = 0;
-    let mut gone = None;
-    while connected.elapsed() < limit {
-        if established(port) == 0 {
-            gone = Some(connected.elapsed());
-            break;
-        }
-        if Instant::now() >= next_drip {
-            let byte = [line[dripped % line.len()]];
-            for (client, closed) in clients.iter_mut().zip(&mut closed) {
-                if !*closed && client.write_all(&byte).await.is_err() {
-                    *closed = true;
-                }
-            }
-            dripped += 1;
-            next_drip += Duration::from_secs(1);
-        }
-        sleep(Duration::from_millis(50)).await;
+    let mut closed_after = Vec::with_capacity(clients.len());
+    for client in clients {
+        closed_after.push(client.await.unwrap());
     }
+    let left = wait_until(Duration::from_secs(2), || established(port) == 0).await;
+    let mut closed: Vec<Duration> = closed_after.iter().flatten().copied().collect();
+    closed.sort();
+    let (min, median, max) = (
+        closed.first().copied().unwrap_or_default(),
+        closed.get(closed.len() / 2).copied().unwrap_or_default(),
+        closed.last().copied().unwrap_or_default(),
+    );
     eprintln!(
-        "demo setup: {SLOWLORIS} slowloris and {SILENT} silent connections ({up} ESTABLISHED, \
-         connected over {spread:?}) all closed {gone:?} after the last connected (header \
-         timeout {HEADER_TIMEOUT:?}); {} left",
-        established(port)
+        "demo setup: {SLOWLORIS} slowloris and {SILENT} silent connections (connected over \
+         {spread:?}, {up} ESTABLISHED): {} closed by the server, each between {min:?} and \
+         {max:?} (median {median:?}) after it connected; header timeout {HEADER_TIMEOUT:?}",
+        closed.len()
     );
     assert_eq!(
         up,
         SLOWLORIS + SILENT,
         "every connection was accepted first"
     );
-    let gone = gone.unwrap_or_else(|| {
-        panic!(
-            "{} server sockets still ESTABLISHED after {limit:?}",
-            established(port)
-        )
-    });
-    // The first connection was closed within the header timeout of its start, and the last
-    // connection was made `spread` after it.
-    assert!(
-        gone <= HEADER_TIMEOUT + Duration::from_millis(500),
-        "closed {gone:?} after the last connected"
+    assert_eq!(
+        closed.len(),
+        SLOWLORIS + SILENT,
+        "every one was closed within {limit:?}"
     );
-
-    // The clients see it too: every connection reads its end (EOF or a reset).
-    let mut ended = 0;
-    for client in clients.iter_mut().chain(silent.iter_mut()) {
-        let mut buf = [0u8; 256];
-        if let Ok(Ok(0) | Err(_)) = timeout(Duration::from_millis(100), client.read(&mut buf)).await
-        {
-            ended += 1;
-        }
-    }
-    assert_eq!(ended, SLOWLORIS + SILENT);
+    // Not before the header timeout (it is what closes them), and within it plus the time a
+    // loaded 2-core machine takes to run 2,100 timers and closes.
+    assert!(min >= HEADER_TIMEOUT, "one was closed after {min:?}");
+    assert!(
+        max <= HEADER_TIMEOUT + Duration::from_secs(1),
+        "one was closed only after {max:?}"
+    );
+    assert!(left.is_some(), "{} server sockets left", established(port));
     assert_eq!(demo.listener.open(), 0, "every slot was given back");
 
     // A well-behaved client is served at once.
     let s = stats(demo.addr).await;
     assert_eq!(s["open"], 0);
-    drop((clients, silent));
     demo.stop().await;
 }
 
@@ -574,6 +587,27 @@ async fn metrics_are_the_prometheus_text_of_the_crates_counters_and_agree_with_s
         text.len()
     );
     demo.stop().await;
+}
+
+#[test]
+fn the_default_caps_leave_a_tenth_of_the_connections_to_other_requests() {
+    let caps = app::Caps::for_connections(10_000);
+    assert_eq!((caps.streams, caps.answers), (8_500, 500));
+    assert_eq!(caps.check(), Ok(1_000));
+    let small = app::Caps::for_connections(100);
+    assert_eq!((small.streams, small.answers), (85, 5));
+    let huge = app::Caps::for_connections(usize::MAX);
+    assert!(huge.check().is_ok());
+    let full = app::Caps {
+        connections: 60,
+        streams: 40,
+        answers: 20,
+    };
+    let refused = full.check().unwrap_err();
+    assert!(
+        refused.contains("MAX_STREAMS (40) + MAX_ANSWERS (20)"),
+        "{refused}"
+    );
 }
 
 // ---- The typewriter's memory -------------------------------------------------------------

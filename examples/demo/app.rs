@@ -92,10 +92,12 @@ impl Caps {
     /// For a listener cap of `connections`: 85 % of it for event streams, 5 % for answers,
     /// and the 10 % left for every other request.
     pub fn for_connections(connections: usize) -> Caps {
+        // In twentieths, without overflow for any `usize`.
+        let share = |n: usize| connections / 20 * n + connections % 20 * n / 20;
         Caps {
             connections,
-            streams: connections / 20 * 17,
-            answers: connections / 20,
+            streams: share(17),
+            answers: share(1),
         }
     }
 
