@@ -10,7 +10,7 @@
 //! - `GET /metrics` is the Prometheus text of the crate's metrics, and agrees with `/stats`;
 //! - a typewriter answer holds its text, not a list of tokens.
 //!
-//! Sockets are counted in `/proc/net/tcp`; the tests run one at a time (the counts are
+//! Server sockets are counted in `/proc/net/tcp` (by both ends' addresses); the tests run one at a time (the counts are
 //! process-wide, and so is the allocator's). The process holds both ends of every
 //! connection: 2 x 2,100 descriptors at most, well under the 20,000 limit. Every wait is
 //! bounded by a deadline, every loop by a count.
@@ -23,6 +23,7 @@ mod app;
 mod server;
 
 use std::alloc::System;
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -138,18 +139,26 @@ async fn start(header_timeout: Duration, settings: app::Settings, metrics: bool)
 
 // ---- Clients ---------------------------------------------------------------------------------
 
-/// Server-side TCP connections in state ESTABLISHED on `port`.
-fn established(port: u16) -> usize {
+/// The server's sockets in state ESTABLISHED: local address 127.0.0.1:`port`, remote port
+/// one of `peers` (our clients'). Both matter: `/proc/net/tcp` lists every socket of the
+/// machine, and another process's client socket may have `port` as its own local port.
+fn established(port: u16, peers: &HashSet<u16>) -> usize {
     let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
-    let port = format!(":{port:04X}");
+    let local = format!("0100007F:{port:04X}");
     table
         .lines()
         .skip(1)
         .filter(|line| {
-            let mut fields = line.split_whitespace();
-            let local = fields.nth(1).unwrap_or("");
-            let state = fields.nth(1).unwrap_or("");
-            local.ends_with(&port) && state == "01"
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(l), Some(remote), Some(state)) =
+                (fields.get(1), fields.get(2), fields.get(3))
+            else {
+                return false;
+            };
+            let remote_port = remote
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            *l == local && *state == "01" && remote_port.is_some_and(|p| peers.contains(&p))
         })
         .count()
 }
@@ -287,9 +296,11 @@ async fn slowloris_connections_are_closed_within_the_header_timeout() {
     let limit = HEADER_TIMEOUT + Duration::from_secs(5);
     let first = Instant::now();
     let mut clients = Vec::with_capacity(SLOWLORIS + SILENT);
+    let mut peers = HashSet::new();
     for i in 0..SLOWLORIS + SILENT {
         let mut stream = TcpStream::connect(demo.addr).await.unwrap();
         let connected = Instant::now();
+        peers.insert(stream.local_addr().unwrap().port());
         let slowloris = i < SLOWLORIS;
         if slowloris {
             stream.write_all(b"G").await.unwrap();
@@ -299,12 +310,12 @@ async fn slowloris_connections_are_closed_within_the_header_timeout() {
         )));
     }
     let spread = first.elapsed();
-    let up = established(port);
+    let up = established(port, &peers);
     let mut closed_after = Vec::with_capacity(clients.len());
     for client in clients {
         closed_after.push(client.await.unwrap());
     }
-    let left = wait_until(Duration::from_secs(2), || established(port) == 0).await;
+    let left = wait_until(Duration::from_secs(2), || established(port, &peers) == 0).await;
     let mut closed: Vec<Duration> = closed_after.iter().flatten().copied().collect();
     closed.sort();
     let (min, median, max) = (
@@ -335,7 +346,11 @@ async fn slowloris_connections_are_closed_within_the_header_timeout() {
         max <= HEADER_TIMEOUT + Duration::from_secs(1),
         "one was closed only after {max:?}"
     );
-    assert!(left.is_some(), "{} server sockets left", established(port));
+    assert!(
+        left.is_some(),
+        "{} server sockets left",
+        established(port, &peers)
+    );
     assert_eq!(demo.listener.open(), 0, "every slot was given back");
 
     // A well-behaved client is served at once.
