@@ -85,10 +85,10 @@ struct Publishing {
     /// Seqs up to this one may have been published without this manager holding them (a
     /// broker's entries it never received): a client that last saw an earlier one gets a gap.
     lost_through: u64,
-    /// Every entry pushed, oldest first, for the byte and age bounds across logs. Records of
-    /// entries a log dropped by itself are skipped when met, and swept out when they
-    /// outnumber the live ones.
-    fifo: VecDeque<(Arc<Log>, u64)>,
+    /// Every entry pushed, oldest first, with its time, for the byte and age bounds across
+    /// logs. Records of entries a log dropped by itself are skipped when met, and swept out
+    /// when they outnumber the live ones.
+    fifo: VecDeque<(Arc<Log>, u64, u64)>,
     /// Bytes held by the entries of every log.
     bytes: usize,
     /// Entries held across every log.
@@ -254,7 +254,7 @@ impl Store {
         let (dropped_bytes, dropped) = log.push(entry, self.limits.per_log, &self.published);
         p.bytes -= dropped_bytes;
         p.live -= dropped;
-        p.fifo.push_back((log.clone(), seq));
+        p.fifo.push_back((log.clone(), seq, now_ms));
         self.trim(p, now_ms);
         Some((event, log))
     }
@@ -268,31 +268,27 @@ impl Store {
 
     fn trim(&self, p: &mut Publishing, now_ms: u64) {
         let max_age_ms = self.limits.max_age.map(|a| a.as_millis() as u64);
-        while let Some((log, seq)) = p.fifo.front() {
-            let (log, seq) = (log.clone(), *seq);
+        // The oldest record decides, without a lock: most publishes stop here.
+        while let Some(&(_, _, at_ms)) = p.fifo.front() {
             let over_bytes = p.bytes > self.limits.max_bytes;
-            let front = log.front();
-            let stale = front.map_or(true, |(front_seq, _)| front_seq > seq);
-            let expired = front.is_some_and(|(front_seq, at_ms)| {
-                front_seq == seq && max_age_ms.is_some_and(|age| now_ms.saturating_sub(at_ms) > age)
-            });
-            if !(stale || over_bytes || expired) {
+            let expired = max_age_ms.is_some_and(|age| now_ms.saturating_sub(at_ms) > age);
+            if !(over_bytes || expired) {
                 break;
             }
-            p.fifo.pop_front();
-            if stale {
-                continue;
-            }
+            let Some((log, seq, _)) = p.fifo.pop_front() else {
+                break;
+            };
+            // `None`: the log had dropped it already (its count bound).
             if let Some(size) = log.pop_front_if(seq) {
                 p.bytes -= size;
                 p.live -= 1;
+                self.free_if_unused(&log);
             }
-            self.free_if_unused(&log);
         }
         // Records of entries their log dropped by itself (the count bound): swept out once
         // they outnumber the live ones, so the record list stays within twice the entries.
         if p.fifo.len() > 2 * p.live + 64 {
-            p.fifo.retain(|(log, seq)| log.holds(*seq));
+            p.fifo.retain(|(log, seq, _)| log.holds(*seq));
         }
     }
 
