@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: `bash scripts/test.sh`.
 # Installs what the tests need on a fresh machine: redis-server and redis-cli for the
-# backplane tests, headless Chromium for the browser test, and the pinned SSE clients of the
-# compatibility suite (scripts/compat-clients.sh).
+# backplane tests, make and a C compiler for jemalloc (the demo's allocator), headless
+# Chromium for the browser test, and the pinned SSE clients of the compatibility suite
+# (scripts/compat-clients.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,14 @@ if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/nul
   echo "==> installing redis-server (tests/backplane.rs, tests/backplane_demo.rs)"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+fi
+
+# The demo's allocator (tikv-jemallocator, a dev-dependency) builds jemalloc from source with
+# make and a C compiler.
+if ! command -v make >/dev/null 2>&1 || ! command -v cc >/dev/null 2>&1; then
+  echo "==> installing make and gcc (jemalloc, the demo's allocator)"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq make gcc >/dev/null
 fi
 
 bash scripts/compat-clients.sh

@@ -276,6 +276,19 @@ async fn demo_in_headless_chromium() {
     assert_ne!(page["connections"], "?");
     assert_eq!(page["answer"], "typed by the page");
     assert_eq!(page["typewriterRequests"], 1);
+    // Its live chart drew points from /stats as they came: the page's own stream as the one
+    // open connection, and the burst of publishes as events per second; both lines have ink.
+    let chart = &page["chart"];
+    eprintln!("the page's chart: {chart}");
+    assert!(
+        chart["pointsAfter"].as_u64().unwrap() >= chart["pointsBefore"].as_u64().unwrap() + 2,
+        "{chart}"
+    );
+    assert_eq!(chart["lastOpen"], 1, "{chart}");
+    assert_eq!(chart["legendOpen"], "1", "{chart}");
+    assert!(chart["maxRate"].as_f64().unwrap() >= 30.0, "{chart}");
+    assert!(chart["openInk"].as_u64().unwrap() > 50, "{chart}");
+    assert!(chart["rateInk"].as_u64().unwrap() > 50, "{chart}");
     // The page's typewriter also ended by the 204 alone: its reconnect, and nothing after.
     let requests = server.typewriter_requests.lock().unwrap().clone();
     assert_eq!(

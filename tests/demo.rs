@@ -132,6 +132,7 @@ async fn lingering_is_bounded_in_bytes_and_in_time() {
             max: 1024,
             linger_bytes: 256 * 1024,
             linger_time: Duration::from_millis(500),
+            ..app::body::Limits::default()
         },
         ..app::Settings::default()
     };
@@ -215,4 +216,50 @@ async fn expect_continue_over_the_limit_gets_413_without_100_continue() {
     stream.write_all(b"hello").await.unwrap();
     let (status, _) = parse(&read_to_close(&mut stream).await.unwrap());
     assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_body_that_does_not_arrive_in_time_gets_408_even_while_bytes_trickle_in() {
+    let settings = app::Settings {
+        body: app::body::Limits {
+            time: Duration::from_millis(500),
+            ..app::body::Limits::default()
+        },
+        ..app::Settings::default()
+    };
+    let (addr, _guard) = serve(settings).await;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = head("/publish", "Content-Length: 1000\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    // A byte every 50 ms: a timeout between reads would never fire; the body's deadline does.
+    // Drip until the answer starts, then read it to the close.
+    let started = Instant::now();
+    let mut response = Vec::new();
+    let mut buf = [0u8; 4096];
+    for _ in 0..200 {
+        if stream.write_all(b"a").await.is_err() {
+            break;
+        }
+        match timeout(Duration::from_millis(50), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => {
+                response.extend_from_slice(&buf[..n]);
+                break;
+            }
+            Err(_) => {}
+        }
+    }
+    let waited = started.elapsed();
+    let mut rest = Vec::new();
+    let _ = timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+    response.extend_from_slice(&rest);
+    let (status, json) = parse(&response);
+    assert_eq!(status, 408, "{json}");
+    assert_eq!(json["error"], "the body did not arrive within 500 ms");
+    let text = String::from_utf8_lossy(&response).to_ascii_lowercase();
+    assert!(text.contains("connection: close"), "{text}");
+    assert!(
+        waited >= Duration::from_millis(450) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
 }

@@ -17,12 +17,20 @@
 //! - `GET /typewriter?text=...`: an LLM-style answer, token by token, then an `end` event
 //!   that marks the stream as finished: a client that reconnects gets `204` and stops.
 //! - `POST /v1/chat/completions`: the same kind of answer in OpenAI's streaming format.
-//! - `GET /stats`: the manager's counters as JSON, with the `instance` that answered and the
-//!   `cluster`-wide totals.
+//! - `GET /stats`: the manager's counters as JSON, with the `instance` that answered, the
+//!   `cluster`-wide totals, the caps and the listener's counts.
+//! - `GET /metrics`: the crate's metrics (and the demo's) in Prometheus text format, through
+//!   `metrics-exporter-prometheus`, when the hub was given its handle.
 //! - `POST /disconnect`: completes every open `/events` stream of this instance, to watch
 //!   clients resume.
 //!
 //! With a backplane ([`Hub::with_backplane`]), several demo processes behave as one hub.
+//!
+//! Every kind of connection is capped ([`Caps`]): event streams (`/events`, `/ticker`) by the
+//! manager, generated answers (`/typewriter`, streamed `/v1/chat/completions`) by a
+//! semaphore, both answered `503` with `Retry-After` when full, and all connections by the
+//! listener, above the sum of the two, so that `/stats` and `/publish` still answer when the
+//! streams are at their cap.
 // Shared by several crates (the example and tests), each using a different part of it.
 #![allow(dead_code, unreachable_pub)]
 
@@ -42,11 +50,15 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use futures_util::StreamExt;
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use serde_json::json;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tower_http::trace::TraceLayer;
 use tower_sse::backplane::RedisBackplane;
-use tower_sse::manager::{Completion, ConnectError, ConnectionManager, SendError, SubscribeError};
+use tower_sse::listener::ListenerStats;
+use tower_sse::manager::{Completion, ConnectionManager, SendError, SubscribeError};
 use tower_sse::{Connect, Event, LastEventId, SseContext, SseLayer};
 
 /// Largest accepted `text` for `/typewriter`, in bytes.
@@ -61,6 +73,54 @@ reconnects on its own when the connection drops, sending the last id it saw so t
 can replay what was missed. That is why an answer streamed this way ends with an event \
 whose id marks the stream as finished: when the browser comes back with that id, the server \
 answers 204 No Content, and the browser stops instead of replaying the whole answer again.";
+
+/// How many connections of each kind the demo holds at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caps {
+    /// Every connection, whatever its route: the listener's cap (`MAX_CONNECTIONS`). Past it,
+    /// a new connection gets `503` from the listener before any request is read.
+    pub connections: usize,
+    /// Event streams, `/events` and `/ticker` (`MAX_STREAMS`): the manager's cap. Past it,
+    /// `503` with `Retry-After`.
+    pub streams: usize,
+    /// Generated answers being streamed, `/typewriter` and `/v1/chat/completions`
+    /// (`MAX_ANSWERS`). Past it, `503` with `Retry-After`.
+    pub answers: usize,
+}
+
+impl Caps {
+    /// For a listener cap of `connections`: 85 % of it for event streams, 5 % for answers,
+    /// and the 10 % left for every other request.
+    pub fn for_connections(connections: usize) -> Caps {
+        // In twentieths, without overflow for any `usize`.
+        let share = |n: usize| connections / 20 * n + connections % 20 * n / 20;
+        Caps {
+            connections,
+            streams: share(17),
+            answers: share(1),
+        }
+    }
+
+    /// The connections left for other requests (`/stats`, `/publish`...) when streams and
+    /// answers are at their caps; an error when there are none.
+    pub fn check(&self) -> Result<usize, String> {
+        let held = self.streams.saturating_add(self.answers);
+        match self.connections.checked_sub(held) {
+            Some(left) if left > 0 => Ok(left),
+            _ => Err(format!(
+                "MAX_STREAMS ({}) + MAX_ANSWERS ({}) must stay below MAX_CONNECTIONS ({}), \
+                 or nothing is left for /stats and /publish when they are full",
+                self.streams, self.answers, self.connections
+            )),
+        }
+    }
+}
+
+impl Default for Caps {
+    fn default() -> Self {
+        Caps::for_connections(10_000)
+    }
+}
 
 /// Timings and limits, settable from the environment for the demo and shortened by tests.
 #[derive(Debug, Clone)]
@@ -79,6 +139,8 @@ pub struct Settings {
     pub body: body::Limits,
     /// How this instance is named to clients besides its number, such as its address.
     pub label: String,
+    /// The caps; the manager's is set by [`manager_builder_for`].
+    pub caps: Caps,
 }
 
 impl Default for Settings {
@@ -90,8 +152,21 @@ impl Default for Settings {
             liveness: Duration::from_secs(10),
             body: body::Limits::default(),
             label: String::new(),
+            caps: Caps::default(),
         }
     }
+}
+
+/// What a hub may be given besides its manager and settings.
+#[derive(Debug, Default)]
+pub struct Extras {
+    /// The backplane the manager was built with, for the cluster view.
+    pub backplane: Option<RedisBackplane>,
+    /// The Prometheus recorder's handle, for `GET /metrics`; installed before the manager
+    /// and the layer were built.
+    pub metrics: Option<PrometheusHandle>,
+    /// The listener's counts, for `/stats`.
+    pub listener: Option<ListenerStats>,
 }
 
 /// What the handlers share.
@@ -101,6 +176,10 @@ pub struct Hub {
     pub settings: Settings,
     /// The backplane the manager was built with, for the cluster view.
     pub backplane: Option<RedisBackplane>,
+    pub metrics: Option<PrometheusHandle>,
+    pub listener: Option<ListenerStats>,
+    /// One permit per generated answer being streamed ([`Caps::answers`]).
+    pub answers: Arc<Semaphore>,
     pub typewriter_streams: AtomicU64,
     pub chat_completions: AtomicU64,
 }
@@ -108,7 +187,7 @@ pub struct Hub {
 impl Hub {
     /// A hub on its own.
     pub fn new(manager: ConnectionManager, settings: Settings) -> Arc<Hub> {
-        Self::make(manager, settings, None)
+        Self::with(manager, settings, Extras::default())
     }
 
     /// A hub joined to others by `backplane`, which `manager` was built with.
@@ -117,21 +196,45 @@ impl Hub {
         settings: Settings,
         backplane: RedisBackplane,
     ) -> Arc<Hub> {
-        Self::make(manager, settings, Some(backplane))
+        let extras = Extras {
+            backplane: Some(backplane),
+            ..Extras::default()
+        };
+        Self::with(manager, settings, extras)
     }
 
-    fn make(
-        manager: ConnectionManager,
-        settings: Settings,
-        backplane: Option<RedisBackplane>,
-    ) -> Arc<Hub> {
+    /// A hub with everything it was given.
+    pub fn with(manager: ConnectionManager, settings: Settings, extras: Extras) -> Arc<Hub> {
         Arc::new(Hub {
             manager,
+            answers: Arc::new(Semaphore::new(settings.caps.answers)),
             settings,
-            backplane,
+            backplane: extras.backplane,
+            metrics: extras.metrics,
+            listener: extras.listener,
             typewriter_streams: AtomicU64::new(0),
             chat_completions: AtomicU64::new(0),
         })
+    }
+
+    /// Generated answers being streamed now.
+    pub fn answers_open(&self) -> usize {
+        self.settings
+            .caps
+            .answers
+            .saturating_sub(self.answers.available_permits())
+    }
+
+    /// A place for one more generated answer, held until it is dropped; `None` when all
+    /// [`Caps::answers`] are taken.
+    pub fn answer_permit(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.answers).try_acquire_owned().ok()
+    }
+
+    /// Why an answer was refused, for a `503`.
+    pub fn answers_full(&self) -> String {
+        let limit = self.settings.caps.answers;
+        format!("{limit} answers are being streamed already; try again shortly")
     }
 
     /// This instance's name: its number as connection ids show it, `local` without a
@@ -166,11 +269,16 @@ impl Hub {
     }
 }
 
-/// The manager the demo uses, with its farewell and replay bounds.
+/// The manager the demo uses, with its replay bounds (and no stream cap).
 pub fn manager_builder() -> tower_sse::manager::ManagerBuilder {
     ConnectionManager::builder()
         .replay(10_000, Some(Duration::from_secs(600)))
         .queue_capacity(1024)
+}
+
+/// [`manager_builder`] with the stream cap of `settings` ([`Caps::streams`]).
+pub fn manager_builder_for(settings: &Settings) -> tower_sse::manager::ManagerBuilder {
+    manager_builder().max_connections(settings.caps.streams)
 }
 
 /// The whole app: routes, with the `SseLayer` over all of them (non-SSE routes pass through).
@@ -201,8 +309,11 @@ pub fn router(hub: Arc<Hub>, shutdown: CancellationToken) -> Router {
         .route("/typewriter", get(typewriter))
         .route("/v1/chat/completions", post(chat::completions))
         .route("/stats", get(stats))
+        .route("/metrics", get(metrics))
         .route("/disconnect", post(disconnect))
         .layer(layer)
+        // A span per request (at `debug`), which a stream's own span has as its parent.
+        .layer(TraceLayer::new_for_http())
         .with_state(hub)
 }
 
@@ -244,6 +355,14 @@ fn connections_event(hub: &Hub, open: usize) -> Option<Event> {
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     (status, Json(json!({ "error": message.to_string() }))).into_response()
+}
+
+/// `response` with `Retry-After: 1`: the refusal is a matter of capacity.
+pub fn retry_later(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    response
 }
 
 async fn index() -> Html<&'static str> {
@@ -304,8 +423,8 @@ async fn events(
             }
             body.into_response().map(Body::new)
         }
-        Err(e @ ConnectError::ShutDown) => error(StatusCode::SERVICE_UNAVAILABLE, e),
-        Err(e) => error(StatusCode::TOO_MANY_REQUESTS, e),
+        // Full or shutting down: 503 with Retry-After (too many topics: 400).
+        Err(e) => e.into_response(),
     }
 }
 
@@ -489,8 +608,7 @@ async fn ticker(
     }
     let (handle, body) = match hub.manager.connect(Connect::new().key(key).context(&ctx)) {
         Ok(opened) => opened,
-        Err(e @ ConnectError::ShutDown) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
-        Err(e) => return error(StatusCode::TOO_MANY_REQUESTS, e),
+        Err(e) => return e.into_response(),
     };
     // The ticker lives as long as its stream: it stops when the stream closes, whoever
     // closed it (a completion, the client leaving, shutdown).
@@ -535,13 +653,21 @@ async fn typewriter(
             format!("text is longer than {MAX_TYPEWRITER_BYTES} bytes"),
         );
     }
+    let Some(permit) = hub.answer_permit() else {
+        return retry_later(error(StatusCode::SERVICE_UNAVAILABLE, hub.answers_full()));
+    };
     hub.typewriter_streams.fetch_add(1, Ordering::Relaxed);
     let delay = hub.settings.token_delay;
-    // Tokens keep their trailing whitespace, so joining them gives back the text exactly.
-    let tokens: Vec<String> = text.split_inclusive(' ').map(str::to_owned).collect();
-    let tokens = futures_util::stream::iter(tokens).then(move |token| async move {
+    // One token at a time, cut from the text as it is sent: the stream holds the text and a
+    // position, never a list of tokens.
+    let tokens = futures_util::stream::unfold((text, 0), move |(text, at)| async move {
+        let len = next_token(&text[at..])?;
         tokio::time::sleep(delay).await;
-        Event::builder().event("token").data(token).build()
+        let event = Event::builder()
+            .event("token")
+            .data(&text[at..at + len])
+            .build();
+        Some((event, (text, at + len)))
     });
     // The end, marked as finished: the browser reconnects once, gets 204, and stops. No page
     // code has to close the EventSource, and a generic client does not replay the answer.
@@ -551,9 +677,23 @@ async fn typewriter(
         .build()
         .map(|end| ctx.finish(end));
     let end = futures_util::stream::once(async move { end });
-    tower_sse::response(tokens.chain(end))
-        .map(Body::new)
-        .into_response()
+    // The permit goes with the stream: its place is given back when the stream ends or the
+    // client leaves.
+    let events = tokens.chain(end).map(move |event| {
+        let _held = &permit;
+        event
+    });
+    tower_sse::response(events).map(Body::new).into_response()
+}
+
+/// The length of the next token of `rest`: up to and with the next space, or all of it.
+/// Tokens keep their trailing whitespace, so joining them gives back the text exactly (as
+/// `str::split_inclusive(' ')` cuts it). `None` at the end.
+pub fn next_token(rest: &str) -> Option<usize> {
+    if rest.is_empty() {
+        return None;
+    }
+    Some(rest.find(' ').map_or(rest.len(), |space| space + 1))
 }
 
 async fn stats(State(hub): State<Arc<Hub>>) -> Response {
@@ -581,8 +721,38 @@ async fn stats(State(hub): State<Arc<Hub>>) -> Response {
         "history": hub.manager.history_len(),
         "typewriter_streams": hub.typewriter_streams.load(Ordering::Relaxed),
         "chat_completions": hub.chat_completions.load(Ordering::Relaxed),
+        "answers_open": hub.answers_open(),
+        "caps": {
+            "connections": hub.settings.caps.connections,
+            "streams": hub.settings.caps.streams,
+            "answers": hub.settings.caps.answers,
+        },
+        "listener": hub.listener.as_ref().map(|l| json!({
+            "open": l.open(),
+            "refused": l.refused(),
+            "stalled": l.stalled(),
+        })),
     }))
     .into_response()
+}
+
+/// `GET /metrics`: the Prometheus text exposition of everything recorded, rendered by the
+/// exporter.
+async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
+    match &hub.metrics {
+        Some(handle) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            handle.render(),
+        )
+            .into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "this hub was started without metrics",
+        ),
+    }
 }
 
 async fn disconnect(State(hub): State<Arc<Hub>>) -> Response {

@@ -9,6 +9,11 @@
 //!   The body is never polled, so hyper never sends `100 Continue`, and the client never
 //!   sends the body.
 //! - A body the server cannot parse (a malformed chunked encoding): `400`.
+//! - A body that has not arrived in full within [`Limits::time`] of the first read: `408`,
+//!   and the connection is closed. A deadline for the whole body, not for each read:
+//!   tower-http's `RequestBodyTimeoutLayer` restarts its clock at every frame, so a client
+//!   sending a byte just under the timeout apart would hold the request for as long as it
+//!   likes.
 
 use std::time::Duration;
 
@@ -30,6 +35,8 @@ pub struct Limits {
     pub linger_bytes: usize,
     /// Longest time spent discarding them. Default 3 s.
     pub linger_time: Duration,
+    /// The whole body must arrive within this time. Default 10 s (`BODY_TIMEOUT_MS`).
+    pub time: Duration,
 }
 
 impl Default for Limits {
@@ -38,6 +45,7 @@ impl Default for Limits {
             max: 1024 * 1024,
             linger_bytes: 8 * 1024 * 1024,
             linger_time: Duration::from_secs(3),
+            time: Duration::from_secs(10),
         }
     }
 }
@@ -49,6 +57,8 @@ pub enum Refused {
     TooLarge { limit: usize },
     /// Not a well-formed body (`400`).
     Malformed,
+    /// Not all there within the body timeout (`408`).
+    TimedOut { after: Duration },
 }
 
 impl IntoResponse for Refused {
@@ -66,11 +76,20 @@ impl IntoResponse for Refused {
                 Json(json!({ "error": "malformed request body" })),
             )
                 .into_response(),
+            Refused::TimedOut { after } => (
+                StatusCode::REQUEST_TIMEOUT,
+                // The rest of the body may still come: this connection is done.
+                [(header::CONNECTION, "close")],
+                Json(json!({
+                    "error": format!("the body did not arrive within {} ms", after.as_millis())
+                })),
+            )
+                .into_response(),
         }
     }
 }
 
-/// The whole body, at most `limits.max` bytes.
+/// The whole body, at most `limits.max` bytes, arrived within `limits.time`.
 pub async fn read(headers: &HeaderMap, body: Body, limits: Limits) -> Result<Bytes, Refused> {
     let limit = limits.max;
     let declared = headers
@@ -88,7 +107,12 @@ pub async fn read(headers: &HeaderMap, body: Body, limits: Limits) -> Result<Byt
     }
     let mut body = body;
     let mut buf = BytesMut::new();
-    while let Some(frame) = body.frame().await {
+    let deadline = tokio::time::Instant::now() + limits.time;
+    loop {
+        let Ok(frame) = tokio::time::timeout_at(deadline, body.frame()).await else {
+            return Err(Refused::TimedOut { after: limits.time });
+        };
+        let Some(frame) = frame else { break };
         let Ok(frame) = frame else {
             return Err(Refused::Malformed);
         };

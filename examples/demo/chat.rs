@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tower_sse::Event;
 
-use super::{body, Hub, DEFAULT_ANSWER};
+use super::{body, retry_later, Hub, DEFAULT_ANSWER};
 
 /// The part of a chat completions request the demo reads; other fields are ignored.
 #[derive(Debug, Deserialize)]
@@ -66,8 +66,8 @@ pub async fn completions(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: 
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let model = request.model;
-    let tokens: Vec<&'static str> = DEFAULT_ANSWER.split_inclusive(' ').collect();
     if !request.stream {
+        let tokens = DEFAULT_ANSWER.split_inclusive(' ').count();
         return Json(json!({
             "id": id,
             "object": "chat.completion",
@@ -78,10 +78,15 @@ pub async fn completions(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: 
                 "message": { "role": "assistant", "content": DEFAULT_ANSWER },
                 "finish_reason": "stop",
             }],
-            "usage": { "prompt_tokens": 0, "completion_tokens": tokens.len(), "total_tokens": tokens.len() },
+            "usage": { "prompt_tokens": 0, "completion_tokens": tokens, "total_tokens": tokens },
         }))
         .into_response();
     }
+    // The answer is streamed: it takes one of the answers' places until it ends.
+    let Some(permit) = hub.answer_permit() else {
+        let body = json!({ "error": { "message": hub.answers_full(), "type": "server_error" } });
+        return retry_later((StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response());
+    };
     let chunk = move |delta: Value, finish: Option<&str>| {
         let chunk = json!({
             "id": id,
@@ -93,17 +98,31 @@ pub async fn completions(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: 
         Event::message(chunk.to_string())
     };
     let delay = hub.settings.token_delay;
-    let mut events = vec![chunk(json!({ "role": "assistant", "content": "" }), None)];
-    events.extend(
-        tokens
-            .into_iter()
-            .map(|t| chunk(json!({ "content": t }), None)),
-    );
-    events.push(chunk(json!({}), Some("stop")));
-    events.push(Event::message("[DONE]"));
-    let stream = futures_util::stream::iter(events).then(move |event| async move {
-        tokio::time::sleep(delay).await;
-        event
+    // Each event is made when its turn comes: the role, a chunk per token, the stop, [DONE].
+    let steps = std::iter::once(Step::Role)
+        .chain(DEFAULT_ANSWER.split_inclusive(' ').map(Step::Token))
+        .chain([Step::Stop, Step::Done]);
+    let stream = futures_util::stream::iter(steps).then(move |step| {
+        let event = match step {
+            Step::Role => chunk(json!({ "role": "assistant", "content": "" }), None),
+            Step::Token(t) => chunk(json!({ "content": t }), None),
+            Step::Stop => chunk(json!({}), Some("stop")),
+            Step::Done => Event::message("[DONE]"),
+        };
+        // The permit goes with the stream, and its place back when the stream is dropped.
+        let _held = &permit;
+        async move {
+            tokio::time::sleep(delay).await;
+            event
+        }
     });
     tower_sse::response(stream).map(Body::new)
+}
+
+/// One event of a streamed answer, in order.
+enum Step {
+    Role,
+    Token(&'static str),
+    Stop,
+    Done,
 }
