@@ -561,15 +561,32 @@ impl State {
             ..
         } = self;
         let skip = *skip_through;
-        if topics.is_empty() {
-            let mut sources = [Source::new(all, skip)];
-            merge(&mut sources, queue, until, &mut batch);
-        } else {
-            let mut sources: Vec<Source<'_>> = std::iter::once(all)
-                .chain(topics.iter_mut())
-                .map(|c| Source::new(c, skip))
-                .collect();
-            merge(&mut sources, queue, until, &mut batch);
+        // No allocation per read for the usual shapes: everything, or everything and one
+        // or two topics.
+        match topics.as_mut_slice() {
+            [] => {
+                let mut sources = [Source::new(all, skip)];
+                merge(&mut sources, queue, until, &mut batch);
+            }
+            [a] => {
+                let mut sources = [Source::new(all, skip), Source::new(a, skip)];
+                merge(&mut sources, queue, until, &mut batch);
+            }
+            [a, b] => {
+                let mut sources = [
+                    Source::new(all, skip),
+                    Source::new(a, skip),
+                    Source::new(b, skip),
+                ];
+                merge(&mut sources, queue, until, &mut batch);
+            }
+            _ => {
+                let mut sources: Vec<Source<'_>> = std::iter::once(all)
+                    .chain(topics.iter_mut())
+                    .map(|c| Source::new(c, skip))
+                    .collect();
+                merge(&mut sources, queue, until, &mut batch);
+            }
         }
         batch
     }
