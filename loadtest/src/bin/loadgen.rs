@@ -42,7 +42,10 @@
 //!   (`--server PATH`) to compare allocators.
 //! - `garbage-id` (issue 12): `--garbage-history` events of history, then
 //!   `--garbage-clients` connections that never read and send an unknown `Last-Event-ID`;
-//!   their RSS per connection against as many idle connections on an identical server.
+//!   their RSS per connection against as many idle connections on an identical server
+//!   (`--garbage-reading 1`: the garbage-id clients read, to tell the id from the stuck
+//!   reader; `--garbage-hello 1`: each idle client gets one event, as each garbage-id client
+//!   gets the gap event, to tell the replay from the first event written).
 //!
 //! Every scenario prints one JSON line on stdout (and appends it to `--out`), and a human
 //! summary on stderr. On a shared machine a scenario waits until the machine is idle before
@@ -129,6 +132,10 @@ struct Opts {
     garbage_clients: usize,
     garbage_history: u64,
     garbage_bytes: usize,
+    /// The garbage-id clients read (a control: what the id costs without the stuck reader).
+    garbage_reading: bool,
+    /// The idle clients of the garbage-id scenario get one event (a control).
+    garbage_hello: bool,
     // backplane (issue 15): the Redis binaries, and the scenarios' sizes
     redis_server: PathBuf,
     redis_benchmark: PathBuf,
@@ -205,6 +212,8 @@ impl Default for Opts {
             garbage_clients: 1_000,
             garbage_history: 10_000,
             garbage_bytes: 64,
+            garbage_reading: false,
+            garbage_hello: false,
             redis_server: "redis-server".into(),
             redis_benchmark: "redis-benchmark".into(),
             bp_clients: 10_000,
@@ -244,6 +253,8 @@ const USAGE: &str = "usage: loadgen [options]
   stuck:    --stuck-clients 1000 --stuck-stall-ms 2000 --stuck-secs 8 --stuck-prefill-events 160
   flood:    --flood-clients 15000 --flood-idle-secs 10 --flood-rounds 1
   garbage-id: --garbage-clients 1000 --garbage-history 10000 --garbage-bytes 64
+            --garbage-reading 0 (1: the clients with a garbage id read, a control)
+            --garbage-hello 0 (1: the idle clients get one event, a control)
   backplane: --redis-server redis-server --redis-benchmark redis-benchmark
             --bp-clients 10000 --bp-rate 100 --bp-secs 10 --bp-configs single,redis-1,redis-2
             --bp-variants pipelined,coalesced --bp-fanout-secs 5 --bp-reps 1
@@ -305,6 +316,8 @@ fn parse_opts() -> Result<Opts, String> {
             "--garbage-clients" => o.garbage_clients = num(&flag, &v)?,
             "--garbage-history" => o.garbage_history = num(&flag, &v)?,
             "--garbage-bytes" => o.garbage_bytes = num(&flag, &v)?,
+            "--garbage-reading" => o.garbage_reading = num::<u8>(&flag, &v)? != 0,
+            "--garbage-hello" => o.garbage_hello = num::<u8>(&flag, &v)? != 0,
             "--redis-server" => o.redis_server = v.into(),
             "--redis-benchmark" => o.redis_benchmark = v.into(),
             "--bp-clients" => o.bp_clients = num::<usize>(&flag, &v)?.max(1),
@@ -1146,6 +1159,8 @@ struct ClientSpec {
     last_event_id: Option<String>,
     /// `SO_RCVBUF` for the client's socket (a small one makes a non-reader stuck sooner).
     recv_buffer: Option<u32>,
+    /// `GET /events?hello=1`: the server sends one event at once.
+    hello: bool,
 }
 
 /// Connects, sends `GET path`, reads the response head. Returns the stream and the body bytes
@@ -1290,7 +1305,12 @@ async fn connect_all_with(
                 };
                 let mut attempt = 0;
                 loop {
-                    let open = open_stream_with(addr, "/events", &spec);
+                    let path = if spec.hello {
+                        "/events?hello=1"
+                    } else {
+                        "/events"
+                    };
+                    let open = open_stream_with(addr, path, &spec);
                     let r = tokio::time::timeout(Duration::from_secs(20), open)
                         .await
                         .unwrap_or_else(|_| Err("connect timed out".into()));
@@ -2245,11 +2265,14 @@ async fn garbage_id(ctx: &Ctx, mode: &str) -> Result<Vec<Value>> {
             server.addr,
             n,
             o.connect_concurrency,
-            |_| garbage,
+            |_| garbage && !o.garbage_reading,
             &shared,
             |i| ClientSpec {
                 last_event_id: garbage.then(|| format!("garbage-{i}")),
                 recv_buffer: None,
+                // The control: each idle client gets one event, as each garbage-id one gets
+                // the gap event.
+                hello: !garbage && o.garbage_hello,
             },
         )
         .await;
@@ -2276,6 +2299,8 @@ async fn garbage_id(ctx: &Ctx, mode: &str) -> Result<Vec<Value>> {
             "clients": n,
             "history": o.garbage_history,
             "event_bytes": o.garbage_bytes,
+            "garbage_clients_read": garbage && o.garbage_reading,
+            "idle_clients_got_one_event": !garbage && o.garbage_hello,
             "rss_base_kib": base.rss_kib,
             "rss_connected_kib": connected.rss_kib,
             "rss_per_conn_bytes": per_conn.round(),

@@ -297,9 +297,23 @@ async fn run(args: Args) -> std::io::Result<()> {
                     .with_state(state);
                 serve_router(listener, app, serve).await
             } else {
-                let svc = layer.layer(tower::service_fn(move |req| {
+                let svc = layer.layer(tower::service_fn(move |req: Request<Incoming>| {
                     let state = state.clone();
-                    async move { Ok::<_, Infallible>(ts_hyper(state, req).await) }
+                    // hyper keeps one slot the size of this future per connection for as
+                    // long as it is open: the burst's large future is boxed, so the event
+                    // streams' memory is what it was before `/publish-burst` existed.
+                    if req.method() == Method::POST && req.uri().path() == "/publish-burst" {
+                        let query = req.uri().query().map(str::to_owned);
+                        let burst = async move {
+                            let body = burst(&state.manager, query.as_deref()).await;
+                            Ok::<_, Infallible>(json_response(body).map(Either::Right))
+                        };
+                        futures_util::future::Either::Right(Box::pin(burst))
+                    } else {
+                        futures_util::future::Either::Left(async move {
+                            Ok::<_, Infallible>(ts_hyper(state, req))
+                        })
+                    }
                 }));
                 serve_hyper(listener, move |req| svc.clone().oneshot(req)).await
             }
@@ -622,8 +636,9 @@ async fn burst(manager: &ConnectionManager, query: Option<&str>) -> String {
     )
 }
 
-/// The same routes without axum, for `tower-sse-hyper`.
-async fn ts_hyper(
+/// The same routes without axum, for `tower-sse-hyper` (and `POST /publish-burst`, served
+/// by the caller).
+fn ts_hyper(
     state: TowerSseState,
     req: Request<Incoming>,
 ) -> http::Response<Either<ConnectionBody, Full<Bytes>>> {
@@ -647,9 +662,6 @@ async fn ts_hyper(
         (&Method::POST, "/publish") => {
             let delivered = ts_publish_all(&state.manager, Publish::from_query(query));
             json_response(format!("{{\"delivered\":{delivered}}}")).map(Either::Right)
-        }
-        (&Method::POST, "/publish-burst") => {
-            json_response(burst(&state.manager, query).await).map(Either::Right)
         }
         (&Method::GET, "/stats") => {
             json_response(state.stats(Mode::TowerSseHyper)).map(Either::Right)
