@@ -1,14 +1,28 @@
 //! The demo hub's HTTP interface, shared by `examples/demo/main.rs` and `tests/browser.rs`.
 //!
 //! - `GET /`: the page (HTML and JS ship in this folder, no build step).
-//! - `GET /events[?topic=T][&lastEventId=ID]`: everything published (and topic `T`), replaying
-//!   what a reconnecting client missed (`Last-Event-ID` header, or the query for a first load).
+//! - `GET /events[?key=K][&topic=T][&lastEventId=ID]`: everything published (and topic `T`),
+//!   replaying what a reconnecting client missed (`Last-Event-ID` header, or the query for a
+//!   first load). The stream is registered under key `K`. Its `connections` events (JSON:
+//!   `open`, `instance`, `label`) say how many streams this instance holds and which it is.
 //! - `POST /publish[?event=E][&id=I][&topic=T]`: the body, byte for byte, is the event's data.
+//!   With `key=K` instead of a topic it goes to the streams of `K` only, and is not recorded.
+//! - `POST /complete?key=K`: completes every stream of `K`, on every instance, with a last
+//!   `event: end` whose data is the body; the stream is finished (a reconnect gets `204`).
+//! - `POST /subscribe?key=K&topic=T`, `POST /unsubscribe?key=K&topic=T`: change the topics
+//!   of the streams of `K`, wherever they are.
+//! - `GET /ticker?key=K[&interval_ms=N]`: a `tick` event every `N` ms (default 1000) until
+//!   the stream of `K` is completed, for example by `POST /complete?key=K` on another
+//!   instance.
 //! - `GET /typewriter?text=...`: an LLM-style answer, token by token, then an `end` event
 //!   that marks the stream as finished: a client that reconnects gets `204` and stops.
 //! - `POST /v1/chat/completions`: the same kind of answer in OpenAI's streaming format.
-//! - `GET /stats`: the manager's counters as JSON.
-//! - `POST /disconnect`: completes every open `/events` stream, to watch clients resume.
+//! - `GET /stats`: the manager's counters as JSON, with the `instance` that answered and the
+//!   `cluster`-wide totals.
+//! - `POST /disconnect`: completes every open `/events` stream of this instance, to watch
+//!   clients resume.
+//!
+//! With a backplane ([`Hub::with_backplane`]), several demo processes behave as one hub.
 // Shared by several crates (the example and tests), each using a different part of it.
 #![allow(dead_code, unreachable_pub)]
 
@@ -31,7 +45,8 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-use tower_sse::manager::{ConnectError, ConnectionManager};
+use tower_sse::backplane::RedisBackplane;
+use tower_sse::manager::{Completion, ConnectError, ConnectionManager, SendError, SubscribeError};
 use tower_sse::{Connect, Event, LastEventId, SseContext, SseLayer};
 
 /// Largest accepted `text` for `/typewriter`, in bytes.
@@ -62,6 +77,8 @@ pub struct Settings {
     /// Request bodies (`POST /publish`, `POST /v1/chat/completions`): the limit, and how
     /// much of an oversized one is read before the `413`.
     pub body: body::Limits,
+    /// How this instance is named to clients besides its number, such as its address.
+    pub label: String,
 }
 
 impl Default for Settings {
@@ -72,6 +89,7 @@ impl Default for Settings {
             token_delay: Duration::from_millis(40),
             liveness: Duration::from_secs(10),
             body: body::Limits::default(),
+            label: String::new(),
         }
     }
 }
@@ -81,18 +99,70 @@ impl Default for Settings {
 pub struct Hub {
     pub manager: ConnectionManager,
     pub settings: Settings,
+    /// The backplane the manager was built with, for the cluster view.
+    pub backplane: Option<RedisBackplane>,
     pub typewriter_streams: AtomicU64,
     pub chat_completions: AtomicU64,
 }
 
 impl Hub {
+    /// A hub on its own.
     pub fn new(manager: ConnectionManager, settings: Settings) -> Arc<Hub> {
+        Self::make(manager, settings, None)
+    }
+
+    /// A hub joined to others by `backplane`, which `manager` was built with.
+    pub fn with_backplane(
+        manager: ConnectionManager,
+        settings: Settings,
+        backplane: RedisBackplane,
+    ) -> Arc<Hub> {
+        Self::make(manager, settings, Some(backplane))
+    }
+
+    fn make(
+        manager: ConnectionManager,
+        settings: Settings,
+        backplane: Option<RedisBackplane>,
+    ) -> Arc<Hub> {
         Arc::new(Hub {
             manager,
             settings,
+            backplane,
             typewriter_streams: AtomicU64::new(0),
             chat_completions: AtomicU64::new(0),
         })
+    }
+
+    /// This instance's name: its number as connection ids show it, `local` without a
+    /// backplane.
+    pub fn instance(&self) -> String {
+        match &self.backplane {
+            Some(b) => format!("{:08x}", b.instance()),
+            None => "local".to_owned(),
+        }
+    }
+
+    /// The cluster-wide totals: every instance's open streams, as the backplane last heard
+    /// (a presence interval old at most), or this instance alone.
+    async fn cluster(&self) -> serde_json::Value {
+        let Some(backplane) = &self.backplane else {
+            let open = self.manager.len();
+            return json!({
+                "open": open,
+                "instances": [{ "instance": self.instance(), "open": open }],
+            });
+        };
+        match backplane.cluster_stats().await {
+            Ok(stats) => json!({
+                "open": stats.open,
+                "instances": stats.instances.iter().map(|i| json!({
+                    "instance": format!("{:08x}", i.instance),
+                    "open": i.open,
+                })).collect::<Vec<_>>(),
+            }),
+            Err(e) => json!({ "error": e.to_string() }),
+        }
     }
 }
 
@@ -124,6 +194,10 @@ pub fn router(hub: Arc<Hub>, shutdown: CancellationToken) -> Router {
         .route("/", get(index))
         .route("/events", get(events))
         .route("/publish", post(publish))
+        .route("/complete", post(complete))
+        .route("/subscribe", post(subscribe))
+        .route("/unsubscribe", post(unsubscribe))
+        .route("/ticker", get(ticker))
         .route("/typewriter", get(typewriter))
         .route("/v1/chat/completions", post(chat::completions))
         .route("/stats", get(stats))
@@ -149,7 +223,7 @@ pub fn spawn_connection_counter(hub: Arc<Hub>, shutdown: CancellationToken) {
             if open != last || sent_at.elapsed() >= hub.settings.liveness {
                 last = open;
                 sent_at = tokio::time::Instant::now();
-                if let Some(event) = connections_event(open) {
+                if let Some(event) = connections_event(&hub, open) {
                     let _ = hub.manager.send_filter(|_| true, event);
                 }
             }
@@ -157,10 +231,13 @@ pub fn spawn_connection_counter(hub: Arc<Hub>, shutdown: CancellationToken) {
     });
 }
 
-fn connections_event(open: usize) -> Option<Event> {
+/// The `connections` event: this instance's open streams, and which instance it is (so the
+/// page can show where it is connected). JSON data.
+fn connections_event(hub: &Hub, open: usize) -> Option<Event> {
+    let data = json!({ "open": open, "instance": hub.instance(), "label": hub.settings.label });
     Event::builder()
         .event("connections")
-        .data(open.to_string())
+        .data(data.to_string())
         .build()
         .ok()
 }
@@ -173,8 +250,22 @@ async fn index() -> Html<&'static str> {
     Html(INDEX_HTML)
 }
 
+/// A query parameter, if it is there and not empty.
+fn nonempty(value: &Option<String>) -> Option<&str> {
+    value.as_deref().filter(|v| !v.is_empty())
+}
+
+fn missing(name: &str) -> Response {
+    error(StatusCode::BAD_REQUEST, format!("`{name}` is required"))
+}
+
+fn send_error(e: SendError) -> Response {
+    error(StatusCode::SERVICE_UNAVAILABLE, e)
+}
+
 #[derive(Debug, Deserialize)]
 pub struct EventsQuery {
+    key: Option<String>,
     topic: Option<String>,
     #[serde(rename = "lastEventId")]
     last_event_id: Option<String>,
@@ -202,10 +293,13 @@ async fn events(
     if let Some(topic) = query.topic.filter(|t| !t.is_empty()) {
         options = options.topic(topic);
     }
+    if let Some(key) = query.key.filter(|k| !k.is_empty()) {
+        options = options.key(key);
+    }
     match hub.manager.connect(options) {
         Ok((handle, body)) => {
             // The counter task only broadcasts changes; a new page needs the count now.
-            if let Some(event) = connections_event(hub.manager.len()) {
+            if let Some(event) = connections_event(&hub, hub.manager.len()) {
                 let _ = handle.send(event);
             }
             body.into_response().map(Body::new)
@@ -220,6 +314,7 @@ pub struct PublishQuery {
     event: Option<String>,
     id: Option<String>,
     topic: Option<String>,
+    key: Option<String>,
 }
 
 async fn publish(
@@ -249,9 +344,19 @@ async fn publish(
         Ok(event) => event,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    let sent = match query.topic.as_deref().filter(|t| !t.is_empty()) {
-        Some(topic) => hub.manager.publish_topic(topic, event),
-        None => hub.manager.publish(event),
+    let topic = query.topic.as_deref().filter(|t| !t.is_empty());
+    let key = query.key.as_deref().filter(|k| !k.is_empty());
+    // With a backplane, a publish is confirmed by the broker, which gives it its id.
+    let sent = match (key, topic) {
+        (Some(_), Some(_)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "`key` and `topic` exclude each other",
+            )
+        }
+        (Some(key), None) => hub.manager.send_to_key(key, event),
+        (None, Some(topic)) => hub.manager.publish_topic_confirmed(topic, event).await,
+        (None, None) => hub.manager.publish_confirmed(event).await,
     };
     match sent {
         Ok(delivery) => Json(json!({
@@ -259,8 +364,155 @@ async fn publish(
             "delivered": delivery.delivered,
         }))
         .into_response(),
+        Err(e) => send_error(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct KeyQuery {
+    key: Option<String>,
+    topic: Option<String>,
+}
+
+/// `POST /complete?key=K`: every stream of `K`, wherever it is, ends with `event: end` and
+/// the body as its data, finished for good.
+async fn complete(
+    State(hub): State<Arc<Hub>>,
+    query: Result<Query<KeyQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let Ok(Query(query)) = query else {
+        return error(StatusCode::BAD_REQUEST, "malformed query string");
+    };
+    let Some(key) = nonempty(&query.key) else {
+        return missing("key");
+    };
+    let bytes = match body::read(&headers, body, hub.settings.body).await {
+        Ok(bytes) => bytes,
+        Err(refused) => return refused.into_response(),
+    };
+    let Ok(data) = std::str::from_utf8(&bytes) else {
+        return error(StatusCode::BAD_REQUEST, "body is not valid UTF-8");
+    };
+    let end = match Event::builder().event("end").data(data).build() {
+        Ok(end) => end,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    match hub.manager.complete_key(key, Completion::finish(end)) {
+        // With a backplane every instance completes its own, later: the count is 0 here.
+        Ok(n) => {
+            Json(json!({ "completed": n, "everywhere": hub.backplane.is_some() })).into_response()
+        }
+        Err(e) => send_error(e),
+    }
+}
+
+/// `POST /subscribe?key=K&topic=T` and `/unsubscribe`: the streams of `K` change topics.
+async fn change_topics(
+    hub: &Hub,
+    query: Result<Query<KeyQuery>, axum::extract::rejection::QueryRejection>,
+    subscribe: bool,
+) -> Response {
+    let Ok(Query(query)) = query else {
+        return error(StatusCode::BAD_REQUEST, "malformed query string");
+    };
+    let Some(key) = nonempty(&query.key) else {
+        return missing("key");
+    };
+    let Some(topic) = nonempty(&query.topic) else {
+        return missing("topic");
+    };
+    let changed = if subscribe {
+        hub.manager.subscribe_key(key, topic)
+    } else {
+        hub.manager.unsubscribe_key(key, topic)
+    };
+    match changed {
+        Ok(n) => Json(json!({
+            "key": key,
+            "topic": topic,
+            "subscribed": subscribe,
+            // With a backplane every instance changes its own, later: the count is 0 here.
+            "changed": n,
+            "everywhere": hub.backplane.is_some(),
+        }))
+        .into_response(),
+        Err(e @ SubscribeError::TooManyTopics { .. }) => error(StatusCode::CONFLICT, e),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
+}
+
+async fn subscribe(
+    State(hub): State<Arc<Hub>>,
+    query: Result<Query<KeyQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    change_topics(&hub, query, true).await
+}
+
+async fn unsubscribe(
+    State(hub): State<Arc<Hub>>,
+    query: Result<Query<KeyQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    change_topics(&hub, query, false).await
+}
+
+/// Shortest and longest `/ticker` intervals.
+pub const TICKER_INTERVALS_MS: (u64, u64) = (10, 60_000);
+
+#[derive(Debug, Deserialize)]
+pub struct TickerQuery {
+    key: Option<String>,
+    interval_ms: Option<u64>,
+}
+
+/// `GET /ticker?key=K`: the Spring scenario. A request starts a ticker under a token; another
+/// request, on any instance, stops it with `POST /complete?key=K`.
+async fn ticker(
+    State(hub): State<Arc<Hub>>,
+    Extension(ctx): Extension<SseContext>,
+    query: Result<Query<TickerQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(query)) = query else {
+        return error(StatusCode::BAD_REQUEST, "malformed query string");
+    };
+    let Some(key) = nonempty(&query.key).map(str::to_owned) else {
+        return missing("key");
+    };
+    let (min, max) = TICKER_INTERVALS_MS;
+    let interval_ms = query.interval_ms.unwrap_or(1000);
+    if !(min..=max).contains(&interval_ms) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("`interval_ms` must be between {min} and {max}"),
+        );
+    }
+    let (handle, body) = match hub.manager.connect(Connect::new().key(key).context(&ctx)) {
+        Ok(opened) => opened,
+        Err(e @ ConnectError::ShutDown) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(e) => return error(StatusCode::TOO_MANY_REQUESTS, e),
+    };
+    // The ticker lives as long as its stream: it stops when the stream closes, whoever
+    // closed it (a completion, the client leaving, shutdown).
+    let closed = handle.closed();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(interval_ms));
+        tick.tick().await;
+        tokio::pin!(closed);
+        for n in 1u64.. {
+            tokio::select! {
+                _ = &mut closed => return,
+                _ = tick.tick() => {}
+            }
+            let Ok(event) = Event::builder().event("tick").data(n.to_string()).build() else {
+                return;
+            };
+            if handle.send(event).is_err() {
+                return;
+            }
+        }
+    });
+    body.into_response().map(Body::new)
 }
 
 #[derive(Debug, Deserialize)]
@@ -305,6 +557,7 @@ async fn typewriter(
 }
 
 async fn stats(State(hub): State<Arc<Hub>>) -> Response {
+    let cluster = hub.cluster().await;
     let s = hub.manager.stats();
     let closed: serde_json::Map<String, serde_json::Value> = s
         .closed
@@ -312,6 +565,9 @@ async fn stats(State(hub): State<Arc<Hub>>) -> Response {
         .map(|(reason, n)| (reason.as_str().to_owned(), json!(n)))
         .collect();
     Json(json!({
+        "instance": hub.instance(),
+        "label": hub.settings.label,
+        "cluster": cluster,
         "open": s.open,
         "open_per_topic": s.open_per_topic,
         "connected": s.connected,
@@ -319,6 +575,8 @@ async fn stats(State(hub): State<Arc<Hub>>) -> Response {
         "deliveries": s.deliveries,
         "dropped": s.dropped,
         "lagged": s.lagged,
+        "resumed": s.resumed,
+        "gaps": s.gaps,
         "closed": closed,
         "history": hub.manager.history_len(),
         "typewriter_streams": hub.typewriter_streams.load(Ordering::Relaxed),

@@ -49,7 +49,21 @@
 //!   layer's heartbeats go on). When it is back, each instance reads what it missed; what it
 //!   can no longer read is signalled by the gap event.
 //!
-//! A publish returns once the event is queued for the broker, without its id.
+//! A publish returns once the event is queued for the broker, without its id
+//! ([`publish_confirmed`](crate::ConnectionManager::publish_confirmed) waits for it).
+//!
+//! # Ids
+//!
+//! An id `EPOCH-N` is a position in the hub's one order: every operation takes a number, so
+//! the ids one client sees skip those of operations that were not for it. What tells a client
+//! it missed something is the gap event. It is sent when the history no longer covers the
+//! client's id, when Redis lost its data (its next append starts a new epoch), when an
+//! instance finds numbers it never received (trimmed before it read them), and when the
+//! numbers go back within an epoch (a failover to a replica that had not received the newest
+//! entries): every instance meets the same first such entry, derives the same new tag from
+//! it, and retires the epoch in Redis. A client that comes back to an instance that has not
+//! yet received its last id resumes there all the same: what it has seen is skipped as it
+//! arrives.
 //!
 //! [`ConnectionManager`]: crate::ConnectionManager
 

@@ -54,6 +54,9 @@ struct State {
     /// The body's task, for events queued here and for the close.
     waker: Option<Waker>,
     phase: Phase,
+    /// Log entries up to this seq are skipped: the client saw them on another instance,
+    /// ahead of this one (0: none).
+    skip_through: u64,
 }
 
 #[derive(Debug)]
@@ -233,7 +236,7 @@ impl<M> Connection<M> {
         connected_at: Instant,
         now_ms: u64,
         replay: Replay,
-        (all, topics): (Cursor, Vec<Cursor>),
+        (all, topics, skip_through): (Cursor, Vec<Cursor>, u64),
         gap: Option<Bytes>,
     ) -> Self {
         let mut queue = VecDeque::new();
@@ -255,6 +258,7 @@ impl<M> Connection<M> {
                 queue,
                 waker: None,
                 phase: Phase::Open,
+                skip_through,
             }),
             closed: OnceLock::new(),
         }
@@ -550,15 +554,20 @@ impl State {
     fn read_batch(&mut self, until: u64) -> Batch {
         let mut batch = Batch::default();
         let State {
-            all, topics, queue, ..
+            all,
+            topics,
+            queue,
+            skip_through,
+            ..
         } = self;
+        let skip = *skip_through;
         if topics.is_empty() {
-            let mut sources = [Source::new(all)];
+            let mut sources = [Source::new(all, skip)];
             merge(&mut sources, queue, until, &mut batch);
         } else {
             let mut sources: Vec<Source<'_>> = std::iter::once(all)
                 .chain(topics.iter_mut())
-                .map(Source::new)
+                .map(|c| Source::new(c, skip))
                 .collect();
             merge(&mut sources, queue, until, &mut batch);
         }
@@ -573,12 +582,16 @@ struct Source<'a> {
 }
 
 impl<'a> Source<'a> {
-    fn new(cursor: &'a mut Cursor) -> Self {
+    fn new(cursor: &'a mut Cursor, skip_through: u64) -> Self {
         let Cursor { log, next, .. } = cursor;
         let log: &'a Arc<Log> = log;
         let entries = log.read();
         // Entries the log dropped before they were read are accounted for by the bound.
         *next = (*next).max(entries.start());
+        // Entries the client saw elsewhere (only ever just after it connected).
+        while entries.get(*next).is_some_and(|e| e.seq <= skip_through) {
+            *next += 1;
+        }
         Source { entries, next }
     }
 

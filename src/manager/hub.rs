@@ -186,7 +186,7 @@ impl<M> Hub<M> {
             now,
             now_ms,
             replay,
-            (start.all, start.topics),
+            (start.all, start.topics, start.skip_through),
             gap,
         ));
         // The names as the logs hold them: shared, not copied.

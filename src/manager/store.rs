@@ -52,7 +52,14 @@ pub(crate) struct Start {
     pub(crate) all: Cursor,
     pub(crate) topics: Vec<Cursor>,
     pub(crate) replay: Replay,
+    /// With a broker: the client has seen up to this seq, which has not arrived here yet;
+    /// entries up to it are skipped as they arrive (0: none).
+    pub(crate) skip_through: u64,
 }
+
+/// How far a client's id may be ahead of what this manager received from its broker (in
+/// entries) and still be resumed from, rather than count as unknown.
+const MAX_AHEAD: u64 = 100_000;
 
 /// Who numbers published events, and so how a client's id maps to a position.
 #[derive(Debug, Clone, Copy)]
@@ -78,10 +85,10 @@ struct Publishing {
     /// Seqs up to this one may have been published without this manager holding them (a
     /// broker's entries it never received): a client that last saw an earlier one gets a gap.
     lost_through: u64,
-    /// Every entry pushed, oldest first, for the byte and age bounds across logs. Records of
-    /// entries a log dropped by itself are skipped when met, and swept out when they
-    /// outnumber the live ones.
-    fifo: VecDeque<(Arc<Log>, u64)>,
+    /// Every entry pushed, oldest first, with its time, for the byte and age bounds across
+    /// logs. Records of entries a log dropped by itself are skipped when met, and swept out
+    /// when they outnumber the live ones.
+    fifo: VecDeque<(Arc<Log>, u64, u64)>,
     /// Bytes held by the entries of every log.
     bytes: usize,
     /// Entries held across every log.
@@ -157,11 +164,7 @@ impl Store {
         now_ms: u64,
     ) -> Option<(Event, Arc<Log>)> {
         let mut p = self.publishing.lock();
-        let log = match topic {
-            None => self.all.clone(),
-            Some(name) if self.limits.replay => self.topic_or_insert(name, false),
-            Some(name) => self.topic(name)?,
-        };
+        let log = self.log_for(topic)?;
         let seq = p.next_seq;
         p.next_seq += 1;
         let event = match self.ids {
@@ -189,13 +192,20 @@ impl Store {
         if seq < p.next_seq {
             return None;
         }
-        let log = match topic {
-            None => self.all.clone(),
-            Some(name) if self.limits.replay => self.topic_or_insert(name, false),
-            Some(name) => self.topic(name)?,
-        };
+        let log = self.log_for(topic)?;
         p.next_seq = seq + 1;
         self.record(&mut p, log, seq, event, now_ms)
+    }
+
+    /// The log a publish to `topic` (`None`: to all) goes into, made if it is worth
+    /// keeping: `None` for a topic nobody reads while replay is off. Call under the
+    /// publishing lock.
+    fn log_for(&self, topic: Option<&str>) -> Option<Arc<Log>> {
+        match topic {
+            None => Some(self.all.clone()),
+            Some(name) if self.limits.replay => Some(self.topic_or_insert(name, false)),
+            Some(name) => self.topic(name),
+        }
     }
 
     /// The broker starts (or starts over) with epoch `tag` at its entry `first`: what came
@@ -244,7 +254,7 @@ impl Store {
         let (dropped_bytes, dropped) = log.push(entry, self.limits.per_log, &self.published);
         p.bytes -= dropped_bytes;
         p.live -= dropped;
-        p.fifo.push_back((log.clone(), seq));
+        p.fifo.push_back((log.clone(), seq, now_ms));
         self.trim(p, now_ms);
         Some((event, log))
     }
@@ -258,31 +268,27 @@ impl Store {
 
     fn trim(&self, p: &mut Publishing, now_ms: u64) {
         let max_age_ms = self.limits.max_age.map(|a| a.as_millis() as u64);
-        while let Some((log, seq)) = p.fifo.front() {
-            let (log, seq) = (log.clone(), *seq);
+        // The oldest record decides, without a lock: most publishes stop here.
+        while let Some(&(_, _, at_ms)) = p.fifo.front() {
             let over_bytes = p.bytes > self.limits.max_bytes;
-            let front = log.front();
-            let stale = front.map_or(true, |(front_seq, _)| front_seq > seq);
-            let expired = front.is_some_and(|(front_seq, at_ms)| {
-                front_seq == seq && max_age_ms.is_some_and(|age| now_ms.saturating_sub(at_ms) > age)
-            });
-            if !(stale || over_bytes || expired) {
+            let expired = max_age_ms.is_some_and(|age| now_ms.saturating_sub(at_ms) > age);
+            if !(over_bytes || expired) {
                 break;
             }
-            p.fifo.pop_front();
-            if stale {
-                continue;
-            }
+            let Some((log, seq, _)) = p.fifo.pop_front() else {
+                break;
+            };
+            // `None`: the log had dropped it already (its count bound).
             if let Some(size) = log.pop_front_if(seq) {
                 p.bytes -= size;
                 p.live -= 1;
+                self.free_if_unused(&log);
             }
-            self.free_if_unused(&log);
         }
         // Records of entries their log dropped by itself (the count bound): swept out once
         // they outnumber the live ones, so the record list stays within twice the entries.
         if p.fifo.len() > 2 * p.live + 64 {
-            p.fifo.retain(|(log, seq)| log.holds(*seq));
+            p.fifo.retain(|(log, seq, _)| log.holds(*seq));
         }
     }
 
@@ -376,13 +382,21 @@ impl Store {
         } else {
             ResumeFrom::Fresh
         };
+        // A client of another instance may be ahead of this one: it resumes where it is,
+        // and what it has seen is skipped as it arrives here.
+        let mut skip_through = 0;
         let Resumed { cursors, replay } = match from {
             ResumeFrom::Fresh => Resumed {
                 cursors: logs.iter().map(|l| l.end()).collect(),
                 replay: Replay::Fresh,
             },
             ResumeFrom::Id(id) => match self.seq_of(&p, id, &logs) {
-                Some(seq) if seq >= p.lost_through => self.after(seq, &logs),
+                Some(seq) if seq >= p.lost_through => {
+                    if seq >= p.next_seq {
+                        skip_through = seq;
+                    }
+                    self.after(seq, &logs)
+                }
                 _ => self.newest(&logs),
             },
             ResumeFrom::Unknown => self.newest(&logs),
@@ -408,6 +422,7 @@ impl Store {
             all,
             topics: cursors.collect(),
             replay,
+            skip_through,
         }
     }
 
@@ -429,7 +444,10 @@ impl Store {
                 let (tag, n) = super::broker::parse_id(id)?;
                 let epoch = p.epoch.as_ref().filter(|e| &*e.tag == tag)?;
                 let seq = epoch.offset.checked_add(n)?;
-                (seq < p.next_seq).then_some(seq)
+                // Seen on an instance ahead of this one, within what this one may still
+                // receive: beyond that, an id of this epoch is not one the broker gave.
+                let ahead = (self.limits.per_log as u64).max(MAX_AHEAD);
+                (seq < p.next_seq + ahead).then_some(seq)
             }
         }
     }
@@ -584,6 +602,29 @@ mod tests {
         assert_eq!(r.replay, Replay::Resumed(3));
         let r = store.resume(&topics, ResumeFrom::Id("1000"), 0);
         assert!(matches!(r.replay, Replay::Gap(_)), "{:?}", r.replay);
+    }
+
+    #[test]
+    fn a_client_ahead_of_this_instance_resumes_and_skips_what_it_saw() {
+        let store = Store::new(limits(10, usize::MAX), Ids::Broker);
+        store.begin_epoch("ep", 1);
+        for n in 1..=3 {
+            let event = Event::message("x").with_validated_id(&format!("ep-{n}"));
+            store.publish_at(None, event, n, 0).expect("recorded");
+        }
+        // Seen up to 5 on another instance: nothing to replay yet, and 4 and 5 are skipped
+        // when they arrive.
+        let r = store.resume(&[], ResumeFrom::Id("ep-5"), 0);
+        assert_eq!(r.replay, Replay::Resumed(0));
+        assert_eq!(r.skip_through, 5 + 1, "the seq of entry 5 (offset 1)");
+        // Behind this instance: a plain resume.
+        let r = store.resume(&[], ResumeFrom::Id("ep-2"), 0);
+        assert_eq!((r.replay, r.skip_through), (Replay::Resumed(1), 0));
+        // Another epoch, or far beyond anything the broker could have given: unknown.
+        for id in ["old-2", "ep-9999999"] {
+            let r = store.resume(&[], ResumeFrom::Id(id), 0);
+            assert_eq!(r.replay, Replay::Gap(0), "{id}");
+        }
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! Helpers shared by the integration tests. Use with `mod common;`.
 //!
-//! - [`redis`]: a `redis-server` per test, on a free loopback port.
+//! - [`redis`]: a `redis-server` per test on a free loopback port, a three-node Redis
+//!   Cluster, and a TCP proxy that can stall, cut and redirect connections.
+//! - [`sequence`]: the checker over the ids a client received through a backplane.
+//! - [`sse`]: a client that reads a response body in process and decodes it.
 //! - [`whatwg`]: an independent event stream decoder written from the WHATWG spec, to check
 //!   that what the crate writes decodes to what was meant.
 //!
@@ -9,5 +12,8 @@
 //! deliberately unreachable from the test crate's root.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod proxy;
 pub mod redis;
+pub mod sequence;
+pub mod sse;
 pub mod whatwg;

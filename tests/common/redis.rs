@@ -1,6 +1,7 @@
 //! Redis servers for the backplane tests: each test starts its own on a free loopback
-//! port, without persistence, and stops it when dropped. `scripts/test.sh` installs
-//! `redis-server`; a missing one fails the test, never skips it.
+//! port, without persistence, and stops it when dropped; [`RedisCluster`] starts three in
+//! cluster mode and joins them. `scripts/test.sh` installs `redis-server`; a missing one fails
+//! the test, never skips it.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -15,7 +16,7 @@ pub struct RedisServer {
     extra: Vec<String>,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free loopback port")
@@ -134,5 +135,79 @@ impl Drop for RedisServer {
         }
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A three-node Redis Cluster on loopback (`--cluster-replicas 0`: every node a primary,
+/// each with a third of the slots), made with `redis-cli --cluster create`.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts three nodes and joins them; returns once every node says `cluster_state:ok`
+    /// (at most ten seconds).
+    pub fn start() -> Self {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                // The cluster bus gets a free port of its own rather than the default
+                // port + 10000, which may be taken or out of range.
+                let bus = free_port().to_string();
+                RedisServer::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-port",
+                    &bus,
+                    "--cluster-node-timeout",
+                    "5000",
+                ])
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for node in &nodes {
+            loop {
+                let info = node.cli(&["cluster", "info"]);
+                if info.lines().any(|l| l.trim() == "cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the cluster did not come up: {info}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        RedisCluster { nodes }
+    }
+
+    /// The nodes' URLs, for `RedisBackplane::cluster_builder`.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// The node that serves `key`'s hash slot: the others answer `MOVED`.
+    pub fn node_for(&self, key: &str) -> &RedisServer {
+        self.nodes
+            .iter()
+            .find(|n| !n.cli(&["exists", key]).starts_with("MOVED"))
+            .expect("a node serves every slot")
     }
 }

@@ -141,15 +141,17 @@ struct Start {
     write: Link,
     read: Link,
     rx: mpsc::Receiver<Outgoing>,
-    /// Published entries already in Redis when this instance connected, oldest first.
+    /// The entries already in Redis when this instance connected, oldest first.
     backfill: Vec<codec::Entry>,
-    at: Position,
 }
 
 struct Inner {
     shared: Arc<Shared>,
     tx: mpsc::Sender<Outgoing>,
     start: Mutex<Option<Start>>,
+    /// For the cluster view: the writer's multiplexed connection, shared (it reconnects by
+    /// itself), so a query costs Redis no new connection.
+    view: Link,
 }
 
 impl Drop for Inner {
@@ -256,9 +258,7 @@ impl RedisBackplane {
 
     async fn cluster_query(&self, key: &str) -> Result<(Vec<u32>, Vec<u64>, bool), BackplaneError> {
         let shared = &self.inner.shared;
-        let mut link = Link::open(&shared.servers, Duration::from_secs(2))
-            .await
-            .map_err(|_| BackplaneError::Unavailable)?;
+        let mut link = self.inner.view.clone();
         let reply: Value = redis::Script::new(scripts::CLUSTER)
             .key(&shared.keys.alive)
             .key(&shared.keys.open)
@@ -364,11 +364,6 @@ impl RedisBackplaneBuilder {
             .arg(scripts::APPEND)
             .query_async(&mut write)
             .await?;
-        let epoch: Option<String> = redis::cmd("HGET")
-            .arg(&keys.meta)
-            .arg("epoch")
-            .query_async(&mut write)
-            .await?;
         // The newest entries, newest first.
         let newest: Value = redis::cmd("XREVRANGE")
             .arg(&keys.stream)
@@ -383,20 +378,6 @@ impl RedisBackplaneBuilder {
             _ => Vec::new(),
         };
         backfill.reverse();
-        // Only the current epoch counts; entries are numbered from 1 in each.
-        let at = match backfill.last() {
-            Some(last) => Position {
-                last_id: last.id.clone(),
-                epoch: last.epoch.clone(),
-                last_n: last.n.unwrap_or(0),
-            },
-            None => Position {
-                last_id: "0-0".to_owned(),
-                epoch,
-                last_n: 0,
-            },
-        };
-        backfill.retain(|e| e.epoch == at.epoch);
         let (tx, rx) = mpsc::channel(self.queue);
         let shared = Arc::new(Shared {
             instance: random_u32(),
@@ -418,12 +399,12 @@ impl RedisBackplaneBuilder {
             inner: Arc::new(Inner {
                 shared,
                 tx,
+                view: write.clone(),
                 start: Mutex::new(Some(Start {
                     write,
                     read,
                     rx,
                     backfill,
-                    at,
                 })),
             }),
         })
@@ -458,16 +439,16 @@ impl Engine for Inner {
             read,
             rx,
             backfill,
-            at,
         } = start;
-        // What Redis held when this instance connected: history only, not past sends.
-        if let Some(epoch) = &at.epoch {
-            let first = backfill.first().and_then(|e| e.n).unwrap_or(at.last_n + 1);
-            sink.epoch(epoch, first);
-        }
+        // What Redis held when this instance connected, read by the same rules as what
+        // comes later (so its epochs and numbers agree with every other instance's), but
+        // history only: past sends and completions are not applied again.
+        let mut at = Position::new("0-0".to_owned(), None, 0);
         for entry in backfill {
-            if let (true, Some(n), Some(op)) = (entry.is_publish(), entry.n, entry.op) {
-                sink.apply(n, entry.origin, op);
+            if at.take(&entry, &*sink) && entry.is_publish() {
+                if let (Some(n), Some(op)) = (entry.n, entry.op) {
+                    sink.apply(n, entry.origin, op);
+                }
             }
         }
         tokio::spawn(writer::run(self.shared.clone(), write.clone(), rx));

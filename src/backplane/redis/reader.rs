@@ -12,7 +12,7 @@ use redis::Value;
 
 use super::codec::{decode, Entry};
 use super::link::Link;
-use super::Shared;
+use super::{scripts, Shared};
 use crate::manager::broker::Sink;
 
 /// Entries per read.
@@ -23,14 +23,30 @@ const COUNT: usize = 1024;
 pub(super) struct Position {
     /// The last stream id read (`0-0`: from the start).
     pub(super) last_id: String,
+    /// The epoch of the last entry read, as Redis has it.
     pub(super) epoch: Option<String>,
     /// The number of the last entry read in `epoch`.
     pub(super) last_n: u64,
+    /// The tag the manager knows the current numbering by: the epoch, unless Redis numbered
+    /// again from an older point within it (see [`take`](Self::take)).
+    pub(super) tag: Option<String>,
+    /// An epoch to retire in Redis, because its numbers went back.
+    pub(super) retire: Option<String>,
 }
 
 impl Position {
-    /// Takes one entry: tells the sink about a new epoch or a hole first. Returns the
-    /// operation to apply, if the entry is new.
+    pub(super) fn new(last_id: String, epoch: Option<String>, last_n: u64) -> Self {
+        Position {
+            last_id,
+            tag: epoch.clone(),
+            epoch,
+            last_n,
+            retire: None,
+        }
+    }
+
+    /// Takes one entry: tells the sink about a new numbering or a hole first. Returns
+    /// whether the entry is to be applied.
     pub(super) fn take(&mut self, entry: &Entry, sink: &dyn Sink) -> bool {
         let Some(n) = entry.n else {
             // Not one of ours: step over it.
@@ -38,16 +54,29 @@ impl Position {
             return false;
         };
         if entry.epoch != self.epoch {
-            if let Some(epoch) = &entry.epoch {
-                sink.epoch(epoch, n);
-            }
+            // Redis lost its data: a new epoch.
             self.epoch.clone_from(&entry.epoch);
+            self.tag.clone_from(&entry.epoch);
+            if let Some(tag) = &self.tag {
+                sink.epoch(tag, n);
+            }
+            self.last_n = n.saturating_sub(1);
+        } else if n <= self.last_n {
+            // A read returns only entries after the last one read, so within an epoch a
+            // number that does not grow is no repeat: Redis numbered again from an older
+            // point (a failover to a replica that had not received the newest entries), and
+            // the ids it gives again would name other events. Every instance meets this
+            // entry first, so each derives the same new tag from it; the epoch is retired in
+            // Redis, so that later appends start a genuinely new one.
+            if let Some(epoch) = &self.epoch {
+                let tag = format!("{epoch}.{}", entry.id);
+                sink.epoch(&tag, n);
+                self.tag = Some(tag);
+                self.retire = Some(epoch.clone());
+            }
             self.last_n = n.saturating_sub(1);
         }
         self.last_id.clone_from(&entry.id);
-        if n <= self.last_n {
-            return false;
-        }
         if n > self.last_n + 1 {
             // Trimmed before this instance read them.
             sink.lost(n - 1);
@@ -55,6 +84,12 @@ impl Position {
         self.last_n = n;
         true
     }
+}
+
+/// A stream id `MS-SEQ` as numbers, for comparing.
+fn stream_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
 }
 
 /// The entries of an XREAD reply for one stream.
@@ -113,6 +148,14 @@ pub(super) async fn run(
                         }
                     }
                 }
+                if let Some(epoch) = at.retire.take() {
+                    // Best effort: whichever instance does it first, the others find it done.
+                    let _ = redis::Script::new(scripts::RETIRE)
+                        .key(&shared.keys.meta)
+                        .arg(&epoch)
+                        .invoke_async::<Value>(&mut link)
+                        .await;
+                }
             }
             // An error, or no answer in time (a stalled connection): start over with a new
             // connection, after the last entry taken.
@@ -128,16 +171,28 @@ pub(super) async fn run(
                     continue;
                 };
                 link = fresh;
-                // Redis may have restarted empty: its new stream's ids need not follow ours.
-                let epoch: redis::RedisResult<Option<String>> = redis::cmd("HGET")
-                    .arg(&shared.keys.meta)
-                    .arg("epoch")
+                // The stream may have gone back (Redis restarted empty, or a failover to a
+                // replica without the newest entries): read on from its newest entry, and
+                // the numbers tell what happened.
+                let newest: redis::RedisResult<Value> = redis::cmd("XREVRANGE")
+                    .arg(&shared.keys.stream)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1)
                     .query_async(&mut link)
                     .await;
-                match epoch {
-                    Ok(current) if current != at.epoch => at.last_id = "0-0".to_owned(),
-                    Ok(_) => {}
-                    Err(_) => continue,
+                let Ok(newest) = newest else {
+                    continue;
+                };
+                let newest = match newest {
+                    Value::Array(items) => items.first().and_then(decode).map(|e| e.id),
+                    _ => None,
+                };
+                match newest {
+                    None => at.last_id = "0-0".to_owned(),
+                    Some(id) if stream_id(&id) < stream_id(&at.last_id) => at.last_id = id,
+                    Some(_) => {}
                 }
             }
         }
@@ -176,20 +231,17 @@ mod tests {
     }
 
     #[test]
-    fn holes_epochs_and_repeats_are_told_apart() {
+    fn holes_epochs_and_numbers_that_go_back_are_told_apart() {
         let sink = Recorder::default();
-        let mut at = Position {
-            last_id: "0-0".into(),
-            epoch: Some("a".into()),
-            last_n: 4,
-        };
+        let mut at = Position::new("0-0".into(), Some("a".into()), 4);
         let mut taken = Vec::new();
         for e in [
-            entry("1-0", "a", 4), // already read
             entry("2-0", "a", 5),
             entry("3-0", "a", 8), // 6 and 7 were trimmed
-            entry("4-0", "b", 1), // Redis lost its data
-            entry("5-0", "b", 2),
+            entry("4-0", "a", 7), // numbered again from 6: a failover lost the tail
+            entry("5-0", "a", 8),
+            entry("6-0", "b", 1), // Redis lost its data
+            entry("7-0", "b", 2),
         ] {
             if at.take(&e, &sink) {
                 taken.push(e.n.unwrap());
@@ -202,18 +254,22 @@ mod tests {
                 );
             }
         }
-        assert_eq!(taken, [5, 8, 1, 2]);
+        assert_eq!(taken, [5, 8, 7, 8, 1, 2]);
         assert_eq!(
             *sink.0.lock().unwrap(),
             [
                 "apply 5",
                 "lost through 7",
                 "apply 8",
+                "epoch a.4-0 7",
+                "apply 7",
+                "apply 8",
                 "epoch b 1",
                 "apply 1",
                 "apply 2"
             ]
         );
-        assert_eq!(at.last_id, "5-0");
+        assert_eq!(at.retire.as_deref(), Some("a"));
+        assert_eq!(at.last_id, "7-0");
     }
 }

@@ -3,12 +3,18 @@
 /// Appends one operation to the hub's stream: numbers it in the current epoch (made by the
 /// first append after Redis lost its data), then trims by length and age.
 ///
+/// A new epoch is the server's time in microseconds (hex) followed by the first four
+/// characters of the appending instance's candidate: never the same twice, also when the same
+/// instance makes the epoch again after a restart (a reused tag would make the numbers that
+/// start over at 1 look like entries already read, and they would be skipped in silence).
+///
 /// KEYS: stream, meta hash. ARGV: epoch candidate, max length, max age in ms (0: none), kind,
 /// target, data, completion, origin. Returns `{epoch, n}`.
 pub(super) const APPEND: &str = r#"
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 if not epoch then
-  epoch = ARGV[1]
+  local t = redis.call('TIME')
+  epoch = string.format('%x%05x', tonumber(t[1]), tonumber(t[2])) .. string.sub(ARGV[1], 1, 4)
   redis.call('HSET', KEYS[2], 'epoch', epoch)
 end
 local n = redis.call('HINCRBY', KEYS[2], 'n', 1)
@@ -69,4 +75,16 @@ for i, id in ipairs(ids) do
   end
 end
 return {ids, opens, found}
+"#;
+
+/// Retires the hub's epoch if it is still `epoch` (its numbers went back after a failover):
+/// the next append makes a new one.
+///
+/// KEYS: meta hash. ARGV: epoch. Returns 1 if retired.
+pub(super) const RETIRE: &str = r#"
+if redis.call('HGET', KEYS[1], 'epoch') == ARGV[1] then
+  redis.call('HDEL', KEYS[1], 'epoch')
+  return 1
+end
+return 0
 "#;
