@@ -36,6 +36,9 @@
 // `criterion_group!` generates a `pub fn` that cannot carry a doc comment.
 #![allow(missing_docs)]
 
+#[path = "support/telemetry.rs"]
+mod telemetry;
+
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -342,6 +345,7 @@ async fn bursts(fanout: Arc<Fanout>, iters: u64) -> Duration {
 }
 
 fn fanout(c: &mut Criterion) {
+    eprintln!("telemetry: {}", telemetry::install());
     let rt = runtime();
     let mut group = c.benchmark_group("fanout");
     group.sample_size(10);
@@ -370,6 +374,7 @@ fn fanout(c: &mut Criterion) {
 }
 
 fn publish_only(c: &mut Criterion) {
+    telemetry::install();
     let mut group = c.benchmark_group("publish_only");
     group.sample_size(10);
     for n in SIZES {

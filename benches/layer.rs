@@ -31,6 +31,9 @@
 // `criterion_group!` generates a `pub fn` that cannot carry a doc comment.
 #![allow(missing_docs)]
 
+#[path = "support/telemetry.rs"]
+mod telemetry;
+
 use std::convert::Infallible;
 use std::hint::black_box;
 use std::pin::Pin;
@@ -169,6 +172,7 @@ fn runtime() -> Runtime {
 }
 
 fn drain_group(c: &mut Criterion) {
+    eprintln!("telemetry: {}", telemetry::install());
     print_memory_once();
     let rt = runtime();
     let mut group = c.benchmark_group("drain");
@@ -194,6 +198,7 @@ fn drain_group(c: &mut Criterion) {
 }
 
 fn open_group(c: &mut Criterion) {
+    telemetry::install();
     let rt = runtime();
     let mut group = c.benchmark_group("open");
     let raw = inner(FRAMES, false);

@@ -42,7 +42,10 @@
 //!   (`--server PATH`) to compare allocators.
 //! - `garbage-id` (issue 12): `--garbage-history` events of history, then
 //!   `--garbage-clients` connections that never read and send an unknown `Last-Event-ID`;
-//!   their RSS per connection against as many idle connections on an identical server.
+//!   their RSS per connection against as many idle connections on an identical server
+//!   (`--garbage-reading 1`: the garbage-id clients read, to tell the id from the stuck
+//!   reader; `--garbage-hello 1`: each idle client gets one event, as each garbage-id client
+//!   gets the gap event, to tell the replay from the first event written).
 //!
 //! Every scenario prints one JSON line on stdout (and appends it to `--out`), and a human
 //! summary on stderr. On a shared machine a scenario waits until the machine is idle before
@@ -56,7 +59,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -129,6 +132,25 @@ struct Opts {
     garbage_clients: usize,
     garbage_history: u64,
     garbage_bytes: usize,
+    /// The garbage-id clients read (a control: what the id costs without the stuck reader).
+    garbage_reading: bool,
+    /// The idle clients of the garbage-id scenario get one event (a control).
+    garbage_hello: bool,
+    // backplane (issue 15): the Redis binaries, and the scenarios' sizes
+    redis_server: PathBuf,
+    redis_benchmark: PathBuf,
+    bp_clients: usize,
+    bp_rate: f64,
+    bp_secs: f64,
+    bp_configs: Vec<String>,
+    bp_variants: Vec<String>,
+    bp_fanout_secs: f64,
+    bp_reps: u32,
+    bp_cost_clients: Vec<usize>,
+    bp_cost_publishes: u64,
+    bp_burst: u64,
+    bp_inflight: u64,
+    bp_rate_reps: u32,
     // a publish round that makes no progress for this long ends the run
     stall_secs: f64,
     // shared machines: wait for this much idle CPU before a scenario, and measure again (up
@@ -190,6 +212,22 @@ impl Default for Opts {
             garbage_clients: 1_000,
             garbage_history: 10_000,
             garbage_bytes: 64,
+            garbage_reading: false,
+            garbage_hello: false,
+            redis_server: "redis-server".into(),
+            redis_benchmark: "redis-benchmark".into(),
+            bp_clients: 10_000,
+            bp_rate: 100.0,
+            bp_secs: 10.0,
+            bp_configs: ["single", "redis-1", "redis-2"].map(String::from).to_vec(),
+            bp_variants: ["pipelined", "coalesced"].map(String::from).to_vec(),
+            bp_fanout_secs: 5.0,
+            bp_reps: 1,
+            bp_cost_clients: vec![10, 1_000, 10_000],
+            bp_cost_publishes: 500,
+            bp_burst: 200_000,
+            bp_inflight: 256,
+            bp_rate_reps: 3,
             stall_secs: 10.0,
             quiet_idle_pct: 85.0,
             max_other_cpu: 15.0,
@@ -201,7 +239,8 @@ impl Default for Opts {
 const USAGE: &str = "usage: loadgen [options]
   --modes LIST        tower-sse,axum-broadcast,hyper-bare (also tower-sse-hyper, tokio-raw;
                       MODE:hyper serves an axum router with the bare hyper loop)
-  --scenarios LIST    fanout,latency,idle,slow,churn (also stuck, flood, garbage-id)
+  --scenarios LIST    fanout,latency,idle,slow,churn (also stuck, flood, garbage-id,
+                      backplane, backplane-cost, backplane-rate)
   --out FILE          append the JSON lines to FILE     --server PATH   the loadserver binary
   --workers 2  --connect-concurrency 256  --heartbeat-ms 15000  --queue 256  --bytes 128
   fanout:   --clients 10000 --fanout-queue 4096 --variants single,pipelined,coalesced
@@ -214,6 +253,13 @@ const USAGE: &str = "usage: loadgen [options]
   stuck:    --stuck-clients 1000 --stuck-stall-ms 2000 --stuck-secs 8 --stuck-prefill-events 160
   flood:    --flood-clients 15000 --flood-idle-secs 10 --flood-rounds 1
   garbage-id: --garbage-clients 1000 --garbage-history 10000 --garbage-bytes 64
+            --garbage-reading 0 (1: the clients with a garbage id read, a control)
+            --garbage-hello 0 (1: the idle clients get one event, a control)
+  backplane: --redis-server redis-server --redis-benchmark redis-benchmark
+            --bp-clients 10000 --bp-rate 100 --bp-secs 10 --bp-configs single,redis-1,redis-2
+            --bp-variants pipelined,coalesced --bp-fanout-secs 5 --bp-reps 1
+            --bp-cost-clients 10,1000,10000 --bp-cost-publishes 500
+            --bp-burst 200000 --bp-inflight 256 --bp-rate-reps 3
   other:    --stall-secs 10 --quiet-idle-pct 85 --max-other-cpu 15 --retries 2";
 
 fn parse_opts() -> Result<Opts, String> {
@@ -270,6 +316,27 @@ fn parse_opts() -> Result<Opts, String> {
             "--garbage-clients" => o.garbage_clients = num(&flag, &v)?,
             "--garbage-history" => o.garbage_history = num(&flag, &v)?,
             "--garbage-bytes" => o.garbage_bytes = num(&flag, &v)?,
+            "--garbage-reading" => o.garbage_reading = num::<u8>(&flag, &v)? != 0,
+            "--garbage-hello" => o.garbage_hello = num::<u8>(&flag, &v)? != 0,
+            "--redis-server" => o.redis_server = v.into(),
+            "--redis-benchmark" => o.redis_benchmark = v.into(),
+            "--bp-clients" => o.bp_clients = num::<usize>(&flag, &v)?.max(1),
+            "--bp-rate" => o.bp_rate = num(&flag, &v)?,
+            "--bp-secs" => o.bp_secs = num(&flag, &v)?,
+            "--bp-configs" => o.bp_configs = list(&v),
+            "--bp-variants" => o.bp_variants = list(&v),
+            "--bp-fanout-secs" => o.bp_fanout_secs = num(&flag, &v)?,
+            "--bp-reps" => o.bp_reps = num::<u32>(&flag, &v)?.max(1),
+            "--bp-cost-clients" => {
+                o.bp_cost_clients = list(&v)
+                    .iter()
+                    .map(|n| num::<usize>(&flag, n))
+                    .collect::<Result<_, _>>()?
+            }
+            "--bp-cost-publishes" => o.bp_cost_publishes = num::<u64>(&flag, &v)?.max(1),
+            "--bp-burst" => o.bp_burst = num::<u64>(&flag, &v)?.max(1),
+            "--bp-inflight" => o.bp_inflight = num::<u64>(&flag, &v)?.max(1),
+            "--bp-rate-reps" => o.bp_rate_reps = num::<u32>(&flag, &v)?.max(1),
             "--stall-secs" => o.stall_secs = num(&flag, &v)?,
             "--quiet-idle-pct" => o.quiet_idle_pct = num(&flag, &v)?,
             "--max-other-cpu" => o.max_other_cpu = num(&flag, &v)?,
@@ -347,6 +414,9 @@ async fn run(opts: Opts) -> Result<usize> {
                     "stuck" => stuck(&ctx, mode).await,
                     "flood" => flood(&ctx, mode).await,
                     "garbage-id" => garbage_id(&ctx, mode).await,
+                    "backplane" => backplane(&ctx, mode).await,
+                    "backplane-cost" => backplane_cost(&ctx, mode).await,
+                    "backplane-rate" => backplane_rate(&ctx, mode).await,
                     other => Err(format!("unknown scenario {other}").into()),
                 };
                 let mut records = match outcome {
@@ -562,6 +632,34 @@ impl Sample {
             threads: field("Threads:"),
             machine_busy_ticks: machine_busy_ticks().unwrap_or(0),
         }
+    }
+
+    /// The sum of several processes' counters (RSS, CPU, descriptors, threads).
+    fn of_all(pids: &[u32]) -> Sample {
+        let mut all = Sample {
+            at: Instant::now(),
+            rss_kib: 0,
+            cpu_ticks: 0,
+            fds: 0,
+            threads: 0,
+            machine_busy_ticks: machine_busy_ticks().unwrap_or(0),
+        };
+        for &pid in pids {
+            let s = Sample::of(pid);
+            all.rss_kib += s.rss_kib;
+            all.cpu_ticks += s.cpu_ticks;
+            all.fds += s.fds;
+            all.threads += s.threads;
+        }
+        all.at = Instant::now();
+        all
+    }
+
+    /// This sample with `other`'s CPU time added: processes of the run other than the
+    /// server (a Redis), so they do not count as other work on the machine.
+    fn with_cpu_of(mut self, other: &Sample) -> Sample {
+        self.cpu_ticks += other.cpu_ticks;
+        self
     }
 
     /// CPU used between two samples, in percent of one core.
@@ -1061,6 +1159,8 @@ struct ClientSpec {
     last_event_id: Option<String>,
     /// `SO_RCVBUF` for the client's socket (a small one makes a non-reader stuck sooner).
     recv_buffer: Option<u32>,
+    /// `GET /events?hello=1`: the server sends one event at once.
+    hello: bool,
 }
 
 /// Connects, sends `GET path`, reads the response head. Returns the stream and the body bytes
@@ -1205,7 +1305,12 @@ async fn connect_all_with(
                 };
                 let mut attempt = 0;
                 loop {
-                    let open = open_stream_with(addr, "/events", &spec);
+                    let path = if spec.hello {
+                        "/events?hello=1"
+                    } else {
+                        "/events"
+                    };
+                    let open = open_stream_with(addr, path, &spec);
                     let r = tokio::time::timeout(Duration::from_secs(20), open)
                         .await
                         .unwrap_or_else(|_| Err("connect timed out".into()));
@@ -1360,11 +1465,37 @@ struct LoopSpec {
     readers: u64,
 }
 
+/// What a closed loop drives: the clients' counters, the connection it publishes through, the
+/// server processes, and processes of the run besides them (a Redis), whose CPU is reported
+/// on its own and not counted as other work.
+struct Target<'a> {
+    shared: Arc<Shared>,
+    control: &'a mut Control,
+    servers: Vec<u32>,
+    helpers: Vec<u32>,
+}
+
+impl Setup {
+    fn target(&mut self) -> Target<'_> {
+        Target {
+            shared: self.shared.clone(),
+            control: &mut self.control,
+            servers: vec![self.server.pid],
+            helpers: Vec::new(),
+        }
+    }
+}
+
 /// Publishes `per_publish` events per call as fast as the readers keep up, with at most
 /// `window` events outstanding (on average over readers), for `duration`; then waits until
 /// everything is delivered.
-async fn closed_loop(setup: &mut Setup, spec: &LoopSpec, seq: &mut u64, stall: Duration) -> Value {
-    let shared = setup.shared.clone();
+async fn closed_loop(target: Target<'_>, spec: &LoopSpec, seq: &mut u64, stall: Duration) -> Value {
+    let Target {
+        shared,
+        control,
+        servers,
+        helpers,
+    } = target;
     // Time every event of a one-event-per-write run; one in 16 otherwise.
     let stride = if spec.per_publish == 1 && spec.window == 1 {
         1
@@ -1374,7 +1505,8 @@ async fn closed_loop(setup: &mut Setup, spec: &LoopSpec, seq: &mut u64, stall: D
     shared.reset_latency(*seq, stride);
     let d0 = shared.delivered.load(Ordering::SeqCst);
     let r0 = shared.reads.load(Ordering::Relaxed);
-    let cpu0 = setup.server.sample();
+    let cpu0 = Sample::of_all(&servers);
+    let helpers0 = Sample::of_all(&helpers);
     let me0 = Sample::of(std::process::id());
     let start = Instant::now();
     let mut published = 0u64;
@@ -1392,11 +1524,7 @@ async fn closed_loop(setup: &mut Setup, spec: &LoopSpec, seq: &mut u64, stall: D
             ));
             break;
         }
-        if let Err(e) = setup
-            .control
-            .publish(spec.per_publish, spec.bytes, *seq)
-            .await
-        {
+        if let Err(e) = control.publish(spec.per_publish, spec.bytes, *seq).await {
             error = Some(format!("publish: {e}"));
             break;
         }
@@ -1404,7 +1532,7 @@ async fn closed_loop(setup: &mut Setup, spec: &LoopSpec, seq: &mut u64, stall: D
         published += spec.per_publish;
         publish_calls += 1;
         if last_sample.elapsed() > Duration::from_millis(250) {
-            rss_max = rss_max.max(setup.server.sample().rss_kib);
+            rss_max = rss_max.max(Sample::of_all(&servers).rss_kib);
             last_sample = Instant::now();
         }
     }
@@ -1416,8 +1544,11 @@ async fn closed_loop(setup: &mut Setup, spec: &LoopSpec, seq: &mut u64, stall: D
         error = Some("stalled while draining".into());
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let cpu1 = setup.server.sample();
+    let cpu1 = Sample::of_all(&servers);
+    let helpers1 = Sample::of_all(&helpers);
     let me1 = Sample::of(std::process::id());
+    let ours0 = cpu0.with_cpu_of(&helpers0);
+    let ours1 = cpu1.with_cpu_of(&helpers1);
     let deliveries = shared.delivered.load(Ordering::SeqCst) - d0;
     let reads = shared.reads.load(Ordering::Relaxed) - r0;
     let latency = shared.latency(published, spec.readers);
@@ -1436,7 +1567,8 @@ async fn closed_loop(setup: &mut Setup, spec: &LoopSpec, seq: &mut u64, stall: D
         "latency": latency.json(),
         "server_cpu_pct": round3(cpu1.cpu_pct_since(&cpu0)),
         "loadgen_cpu_pct": round3(me1.cpu_pct_since(&me0)),
-        "other_cpu_pct": round3(other_cpu_pct((&cpu0, &cpu1), (&me0, &me1))),
+        "helper_cpu_pct": round3(helpers1.cpu_pct_since(&helpers0)),
+        "other_cpu_pct": round3(other_cpu_pct((&ours0, &ours1), (&me0, &me1))),
         "rss_max_kib": rss_max.max(cpu1.rss_kib),
         "rss_end_kib": cpu1.rss_kib,
         "error": error,
@@ -1466,7 +1598,7 @@ async fn fanout(ctx: &Ctx, mode: &str) -> Result<Vec<Value>> {
             max_events: u64::MAX,
             readers: o.clients as u64,
         };
-        let result = closed_loop(&mut setup, &spec, &mut seq, ctx.stall()).await;
+        let result = closed_loop(setup.target(), &spec, &mut seq, ctx.stall()).await;
         eprintln!(
             "  {variant}: {} deliveries/s, {} events/read, p99 {} ms, server CPU {} %",
             result["deliveries_per_s"],
@@ -1645,7 +1777,7 @@ async fn slow(ctx: &Ctx, mode: &str) -> Result<Vec<Value>> {
                 max_events: events,
                 readers,
             };
-            let r = closed_loop(&mut setup, &spec, &mut seq, ctx.stall()).await;
+            let r = closed_loop(setup.target(), &spec, &mut seq, ctx.stall()).await;
             if let Some(e) = r["error"].as_str() {
                 prefill_errors.push(format!("prefill: {e}"));
             }
@@ -1660,7 +1792,7 @@ async fn slow(ctx: &Ctx, mode: &str) -> Result<Vec<Value>> {
             max_events: u64::MAX,
             readers,
         };
-        let mut result = closed_loop(&mut setup, &spec, &mut seq, ctx.stall()).await;
+        let mut result = closed_loop(setup.target(), &spec, &mut seq, ctx.stall()).await;
         if result["error"].is_null() && !prefill_errors.is_empty() {
             result["error"] = json!(prefill_errors.join("; "));
         }
@@ -2133,11 +2265,14 @@ async fn garbage_id(ctx: &Ctx, mode: &str) -> Result<Vec<Value>> {
             server.addr,
             n,
             o.connect_concurrency,
-            |_| garbage,
+            |_| garbage && !o.garbage_reading,
             &shared,
             |i| ClientSpec {
                 last_event_id: garbage.then(|| format!("garbage-{i}")),
                 recv_buffer: None,
+                // The control: each idle client gets one event, as each garbage-id one gets
+                // the gap event.
+                hello: !garbage && o.garbage_hello,
             },
         )
         .await;
@@ -2164,6 +2299,8 @@ async fn garbage_id(ctx: &Ctx, mode: &str) -> Result<Vec<Value>> {
             "clients": n,
             "history": o.garbage_history,
             "event_bytes": o.garbage_bytes,
+            "garbage_clients_read": garbage && o.garbage_reading,
+            "idle_clients_got_one_event": !garbage && o.garbage_hello,
             "rss_base_kib": base.rss_kib,
             "rss_connected_kib": connected.rss_kib,
             "rss_per_conn_bytes": per_conn.round(),
@@ -2177,6 +2314,659 @@ async fn garbage_id(ctx: &Ctx, mode: &str) -> Result<Vec<Value>> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The Redis backplane (issue 15)
+
+/// A `redis-server` of our own on a free loopback port, without persistence. Dropping it
+/// ends that process (by its pid).
+struct RedisServer {
+    child: Child,
+    pid: u32,
+    port: u16,
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl RedisServer {
+    async fn start(bin: &Path) -> Result<RedisServer> {
+        // A port that was free a moment ago; redis-server fails to start if it was taken.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = Command::new(bin)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+            .args(["--maxclients", "1000"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("{}: {e}", bin.display()))?;
+        let mut server = RedisServer {
+            pid: child.id(),
+            child,
+            port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut conn) = server.conn().await {
+                let pong: redis::RedisResult<String> =
+                    redis::cmd("PING").query_async(&mut conn).await;
+                if pong.is_ok() {
+                    return Ok(server);
+                }
+            }
+            if !matches!(server.child.try_wait(), Ok(None)) || Instant::now() > deadline {
+                return Err(format!("redis-server did not start on port {port}").into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn conn(&self) -> Result<redis::aio::MultiplexedConnection> {
+        let client = redis::Client::open(self.url())?;
+        Ok(client.get_multiplexed_async_connection().await?)
+    }
+
+    /// `cmdstat_NAME` → (calls, usec) from `INFO commandstats`.
+    async fn commandstats(&self) -> Result<BTreeMap<String, (u64, u64)>> {
+        let mut conn = self.conn().await?;
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut conn)
+            .await?;
+        let mut stats = BTreeMap::new();
+        for line in info.lines() {
+            let Some((name, fields)) = line
+                .strip_prefix("cmdstat_")
+                .and_then(|l| l.split_once(':'))
+            else {
+                continue;
+            };
+            let field = |key: &str| {
+                fields
+                    .split(',')
+                    .filter_map(|kv| kv.split_once('='))
+                    .find(|(k, _)| *k == key)
+                    .and_then(|(_, v)| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            stats.insert(name.to_owned(), (field("calls"), field("usec")));
+        }
+        Ok(stats)
+    }
+
+    async fn reset_stats(&self) -> Result<()> {
+        let mut conn = self.conn().await?;
+        let _: String = redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// `CLIENT LIST`: every client's fields, one map per client.
+    async fn clients(&self) -> Result<Vec<BTreeMap<String, String>>> {
+        let mut conn = self.conn().await?;
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(&mut conn)
+            .await?;
+        Ok(list
+            .lines()
+            .map(|line| {
+                line.split(' ')
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect()
+            })
+            .collect())
+    }
+}
+
+/// The local ports of `pid`'s TCP connections to `remote_port` on loopback, from its socket
+/// inodes (`/proc/PID/fd`) and `/proc/net/tcp`: which Redis clients belong to which server.
+fn tcp_ports_to(pid: u32, remote_port: u16) -> Vec<u16> {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter_map(|l| {
+                    let l = l.to_string_lossy().into_owned();
+                    Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let remote = format!(":{remote_port:04X}");
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (local, rem, state, inode) = (f.get(1)?, f.get(2)?, f.get(3)?, f.get(9)?);
+            (rem.ends_with(&remote) && *state == "01" && inodes.contains(*inode))
+                .then(|| u16::from_str_radix(local.rsplit(':').next()?, 16).ok())
+                .flatten()
+        })
+        .collect()
+}
+
+/// One or more load servers, on one Redis hub or alone, with N clients spread over them
+/// (client `i` on server `i % servers`); publishes go through the first.
+struct Fleet {
+    servers: Vec<Server>,
+    control: Control,
+    shared: Arc<Shared>,
+    clients: Vec<Clients>,
+    base: Sample,
+    connected: Sample,
+}
+
+impl Fleet {
+    async fn new(
+        ctx: &Ctx,
+        mode: &str,
+        instances: usize,
+        redis: Option<(&RedisServer, &str)>,
+        n: usize,
+        queue: usize,
+    ) -> Result<Fleet> {
+        ctx.check_fds(n)?;
+        let mut extra = Vec::new();
+        if let Some((redis, hub)) = redis {
+            extra = vec![
+                "--redis".into(),
+                redis.url(),
+                "--hub".into(),
+                hub.to_owned(),
+            ];
+        }
+        let mut servers = Vec::new();
+        for _ in 0..instances.max(1) {
+            servers
+                .push(Server::spawn_with(ctx, mode, ctx.opts.heartbeat_ms, queue, &extra).await?);
+        }
+        let mut control = Control::new(servers[0].addr);
+        control.stats().await?;
+        let pids: Vec<u32> = servers.iter().map(|s| s.pid).collect();
+        let base = Sample::of_all(&pids);
+        let shared = Shared::new();
+        let k = servers.len();
+        let mut clients = Vec::new();
+        for (i, server) in servers.iter().enumerate() {
+            let share = n / k + usize::from(i < n % k);
+            let c = connect_all(
+                server.addr,
+                share,
+                ctx.opts.connect_concurrency,
+                |_| false,
+                &shared,
+            )
+            .await;
+            if c.connected < share {
+                return Err(format!(
+                    "{} of {share} connections to instance {i} failed ({})",
+                    share - c.connected,
+                    c.first_error.as_deref().unwrap_or("timed out")
+                )
+                .into());
+            }
+            clients.push(c);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let connected = Sample::of_all(&pids);
+        Ok(Fleet {
+            servers,
+            control,
+            shared,
+            clients,
+            base,
+            connected,
+        })
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.servers.iter().map(|s| s.pid).collect()
+    }
+
+    fn target<'a>(&'a mut self, redis: Option<&RedisServer>) -> Target<'a> {
+        let servers = self.pids();
+        Target {
+            shared: self.shared.clone(),
+            control: &mut self.control,
+            servers,
+            helpers: redis.map(|r| r.pid).into_iter().collect(),
+        }
+    }
+
+    fn readers(&self) -> u64 {
+        self.clients.iter().map(|c| c.connected as u64).sum()
+    }
+
+    async fn finish(self) {
+        for c in self.clients {
+            c.close().await;
+        }
+        drop(self.servers);
+    }
+}
+
+/// `count` publishes of one event at `rate` per second through the target's control
+/// connection; per event, the time from its publish to the last client's read.
+async fn paced_latency(
+    target: Target<'_>,
+    rate: f64,
+    count: u64,
+    bytes: usize,
+    readers: u64,
+    seq: &mut u64,
+    stall: Duration,
+) -> Value {
+    let Target {
+        shared,
+        control,
+        servers,
+        helpers,
+    } = target;
+    let seq0 = *seq;
+    shared.reset_latency(seq0, 1);
+    let d0 = shared.delivered.load(Ordering::SeqCst);
+    let cpu0 = Sample::of_all(&servers);
+    let helpers0 = Sample::of_all(&helpers);
+    let me0 = Sample::of(std::process::id());
+    let start = tokio::time::Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
+    let mut error = None;
+    let mut published = 0;
+    for i in 0..count {
+        tokio::time::sleep_until(start + interval * i as u32).await;
+        if let Err(e) = control.publish(1, bytes, seq0 + i).await {
+            error = Some(format!("publish: {e}"));
+            break;
+        }
+        published += 1;
+    }
+    let publish_secs = start.elapsed().as_secs_f64();
+    *seq += count;
+    if !shared.wait_delivered(d0 + published * readers, stall).await {
+        error.get_or_insert_with(|| "not every event reached every client".into());
+    }
+    let cpu1 = Sample::of_all(&servers);
+    let helpers1 = Sample::of_all(&helpers);
+    let me1 = Sample::of(std::process::id());
+    let lat = shared.latency(published, readers);
+    json!({
+        "publishes": published,
+        "rate_target": rate,
+        "rate_achieved": round3(published as f64 / publish_secs.max(1e-9)),
+        "bytes": bytes,
+        "readers": readers,
+        "latency": lat.json(),
+        "server_cpu_pct": round3(cpu1.cpu_pct_since(&cpu0)),
+        "helper_cpu_pct": round3(helpers1.cpu_pct_since(&helpers0)),
+        "loadgen_cpu_pct": round3(me1.cpu_pct_since(&me0)),
+        "other_cpu_pct": round3(other_cpu_pct(
+            (&cpu0.with_cpu_of(&helpers0), &cpu1.with_cpu_of(&helpers1)),
+            (&me0, &me1)
+        )),
+        "error": error,
+    })
+}
+
+/// Hub names unique within this run, so no fleet reads another's history.
+fn fresh_hub(what: &str) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "loadgen-{what}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// `backplane`: per configuration (`single`: one instance, no backplane; `redis-1`: one
+/// instance on a Redis hub; `redis-2`: two instances on one hub, clients spread over both,
+/// publishes through the first), publish-to-delivery latency at `--bp-rate` publishes/s,
+/// then saturated closed-loop fan-out. Repeated `--bp-reps` times, the order of the
+/// configurations reversed every other repetition.
+async fn backplane(ctx: &Ctx, mode: &str) -> Result<Vec<Value>> {
+    let o = &ctx.opts;
+    let mut records = Vec::new();
+    for rep in 0..o.bp_reps {
+        let mut configs = o.bp_configs.clone();
+        if rep % 2 == 1 {
+            configs.reverse();
+        }
+        for config in configs {
+            let (instances, with_redis) = match config.as_str() {
+                "single" => (1, false),
+                "redis-1" => (1, true),
+                "redis-2" => (2, true),
+                other => return Err(format!("unknown backplane configuration {other}").into()),
+            };
+            eprintln!(
+                "backplane: {mode}, {config}, {} clients (rep {rep})",
+                o.bp_clients
+            );
+            let redis = match with_redis {
+                true => Some(RedisServer::start(&o.redis_server).await?),
+                false => None,
+            };
+            let hub = fresh_hub("fanout");
+            let mut fleet = Fleet::new(
+                ctx,
+                mode,
+                instances,
+                redis.as_ref().map(|r| (r, hub.as_str())),
+                o.bp_clients,
+                o.fanout_queue,
+            )
+            .await?;
+            let readers = fleet.readers();
+            let base = json!({
+                "scenario": "backplane",
+                "mode": mode,
+                "config": config,
+                "instances": instances,
+                "redis": with_redis,
+                "rep": rep,
+                "clients": readers,
+                "rss_base_kib": fleet.base.rss_kib,
+                "rss_connected_kib": fleet.connected.rss_kib,
+            });
+            let mut seq = 1;
+            let count = (o.bp_rate * o.bp_secs).round() as u64;
+            let lat = paced_latency(
+                fleet.target(redis.as_ref()),
+                o.bp_rate,
+                count,
+                o.bytes,
+                readers,
+                &mut seq,
+                ctx.stall(),
+            )
+            .await;
+            eprintln!(
+                "  {} publishes/s: p50 {} ms, p99 {} ms, max {} ms; server CPU {} %, redis {} %",
+                lat["rate_achieved"],
+                lat["latency"]["p50_ms"],
+                lat["latency"]["p99_ms"],
+                lat["latency"]["max_ms"],
+                lat["server_cpu_pct"],
+                lat["helper_cpu_pct"]
+            );
+            records.push(merge(merge(base.clone(), json!({"part": "latency"})), lat));
+            for (variant, per_publish, window) in [
+                ("single", 1, o.single_window),
+                ("pipelined", 1, o.pipeline_window),
+                ("coalesced", o.burst, o.burst_window),
+            ] {
+                if !o.bp_variants.iter().any(|v| v == variant) {
+                    continue;
+                }
+                let spec = LoopSpec {
+                    per_publish,
+                    window,
+                    bytes: o.bytes,
+                    duration: Duration::from_secs_f64(o.bp_fanout_secs),
+                    max_events: u64::MAX,
+                    readers,
+                };
+                let r =
+                    closed_loop(fleet.target(redis.as_ref()), &spec, &mut seq, ctx.stall()).await;
+                eprintln!(
+                    "  fanout {variant}: {} deliveries/s, {} events/read, server CPU {} %, redis {} %",
+                    r["deliveries_per_s"], r["events_per_read"], r["server_cpu_pct"], r["helper_cpu_pct"]
+                );
+                records.push(merge(
+                    merge(base.clone(), json!({"part": "fanout", "variant": variant})),
+                    r,
+                ));
+            }
+            fleet.finish().await;
+            drop(redis);
+        }
+    }
+    Ok(records)
+}
+
+/// `backplane-cost`: for each of `--bp-cost-clients` client counts, two instances on one
+/// hub with the clients spread over them; `--bp-cost-publishes` publishes at `--bp-rate`
+/// per second through the first; Redis's `INFO commandstats` deltas per publish, and its
+/// connections per instance (`CLIENT LIST`, matched to each server by its sockets).
+async fn backplane_cost(ctx: &Ctx, mode: &str) -> Result<Vec<Value>> {
+    let o = &ctx.opts;
+    let redis = RedisServer::start(&o.redis_server).await?;
+    let mut records = Vec::new();
+    for &n in &o.bp_cost_clients {
+        eprintln!(
+            "backplane-cost: {mode}, 2 instances, {n} clients, {} publishes",
+            o.bp_cost_publishes
+        );
+        let hub = fresh_hub("cost");
+        let mut fleet = Fleet::new(ctx, mode, 2, Some((&redis, hub.as_str())), n, o.queue).await?;
+        let readers = fleet.readers();
+        // Every instance has reported its presence at least once.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        redis.reset_stats().await?;
+        let t0 = Instant::now();
+        let mut seq = 1;
+        let lat = paced_latency(
+            fleet.target(Some(&redis)),
+            o.bp_rate,
+            o.bp_cost_publishes,
+            o.bytes,
+            readers,
+            &mut seq,
+            ctx.stall(),
+        )
+        .await;
+        let window = t0.elapsed().as_secs_f64();
+        let stats = redis.commandstats().await?;
+        let clients = redis.clients().await?;
+        let published = lat["publishes"].as_u64().unwrap_or(0).max(1);
+        let per_instance: Vec<Value> = fleet
+            .servers
+            .iter()
+            .map(|s| {
+                let ports = tcp_ports_to(s.pid, redis.port);
+                let of_this: Vec<&BTreeMap<String, String>> = clients
+                    .iter()
+                    .filter(|c| {
+                        c.get("addr")
+                            .and_then(|a| a.rsplit(':').next())
+                            .and_then(|p| p.parse::<u16>().ok())
+                            .is_some_and(|p| ports.contains(&p))
+                    })
+                    .collect();
+                let count = |key: &str| {
+                    of_this
+                        .iter()
+                        .filter_map(|c| c.get(key)?.parse::<u64>().ok())
+                        .sum::<u64>()
+                };
+                json!({
+                    "redis_connections": ports.len(),
+                    "in_client_list": of_this.len(),
+                    "subscriptions": count("sub") + count("psub") + count("ssub"),
+                    "blocked_in": of_this.iter().filter_map(|c| c.get("cmd").cloned()).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let calls: BTreeMap<&String, f64> = stats
+            .iter()
+            .filter(|(name, _)| {
+                !matches!(name.as_str(), "info" | "client|list" | "config|resetstat")
+            })
+            .map(|(name, (calls, _))| (name, *calls as f64 / published as f64))
+            .collect();
+        let total: f64 = calls.values().sum();
+        // What the instances send (a round trip each, pipelined or not) against what the
+        // scripts run inside Redis.
+        let sent: f64 = calls
+            .iter()
+            .filter(|(name, _)| {
+                matches!(
+                    name.as_str(),
+                    "evalsha" | "eval" | "xread" | "xrange" | "xrevrange" | "ping" | "publish"
+                )
+            })
+            .map(|(_, v)| *v)
+            .sum();
+        let usec: u64 = stats.values().map(|(_, u)| u).sum();
+        eprintln!(
+            "  {n} clients: {total:.2} Redis commands per publish ({sent:.2} sent by the instances); \
+             Redis connections per instance {:?}; p99 {} ms",
+            per_instance.iter().map(|i| i["redis_connections"].clone()).collect::<Vec<_>>(),
+            lat["latency"]["p99_ms"]
+        );
+        records.push(merge(
+            json!({
+                "scenario": "backplane-cost",
+                "mode": mode,
+                "instances": 2,
+                "clients": readers,
+                "window_s": round3(window),
+                "commands_per_publish": calls.iter().map(|(k, v)| ((*k).clone(), round3(*v))).collect::<serde_json::Map<_, _>>(),
+                "commands_per_publish_total": round3(total),
+                "sent_per_publish": round3(sent),
+                "redis_usec_per_publish": round3(usec as f64 / published as f64),
+                "redis_clients_total": clients.len(),
+                "per_instance": per_instance,
+            }),
+            lat,
+        ));
+        fleet.finish().await;
+    }
+    Ok(records)
+}
+
+/// `redis-benchmark ARGS -q` on `port`: requests per second per test.
+fn redis_benchmark(bin: &Path, port: u16, args: &[&str]) -> Result<Vec<(String, f64)>> {
+    let out = Command::new(bin)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{}: {e}", bin.display()))?;
+    // `-q` prints "TEST: N requests per second, p50=..." per test, after carriage-return
+    // progress lines.
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
+    let results: Vec<(String, f64)> = text
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.split_once(": ")?;
+            let rate = rest.split_whitespace().next()?.parse().ok()?;
+            rest.contains("requests per second")
+                .then(|| (name.trim().to_owned(), rate))
+        })
+        .collect();
+    if results.is_empty() {
+        return Err(format!("redis-benchmark {args:?} printed no rate: {text:?}").into());
+    }
+    Ok(results)
+}
+
+/// `backplane-rate`: the publish rate through the backplane from one task (`publish` in a
+/// tight loop, and `publish_confirmed` with `--bp-inflight` in flight), against
+/// `redis-benchmark`'s `PUBLISH` of an event-sized payload (its defaults: 50 connections,
+/// no pipelining; and one connection pipelining 256, the shape of the backplane's writer)
+/// and `XADD … MAXLEN ~ 10000`, on the same Redis, alternated `--bp-rate-reps` times.
+async fn backplane_rate(ctx: &Ctx, mode: &str) -> Result<Vec<Value>> {
+    let o = &ctx.opts;
+    let redis = RedisServer::start(&o.redis_server).await?;
+    let hub = fresh_hub("rate");
+    let fleet = Fleet::new(ctx, mode, 1, Some((&redis, hub.as_str())), 0, o.queue).await?;
+    let mut control = Control::new(fleet.servers[0].addr);
+    let n = o.bp_burst.to_string();
+    let mut records = Vec::new();
+    for rep in 0..o.bp_rate_reps {
+        let mut row = serde_json::Map::new();
+        let bench = |args: &[&str]| redis_benchmark(&o.redis_benchmark, redis.port, args);
+        // redis-benchmark 7.0 has no built-in PUBLISH or XADD test: the commands are given,
+        // with a payload of the events' size.
+        let payload = "x".repeat(o.bytes);
+        let publish = ["-n", &n, "publish", "loadgen-channel", &payload];
+        let raw = tokio::task::block_in_place(|| bench(&publish))?;
+        row.insert("redis_benchmark_publish".into(), json!(raw[0].1));
+        let cpu0 = Sample::of(redis.pid);
+        for inflight in [0, o.bp_inflight] {
+            let path = format!(
+                "/publish-burst?n={}&inflight={inflight}&bytes={}",
+                o.bp_burst, o.bytes
+            );
+            let body = control.request(Method::POST, &path).await?;
+            let v: Value = serde_json::from_slice(&body)?;
+            if let Some(e) = v["error"].as_str() {
+                return Err(format!("publish-burst: {e}").into());
+            }
+            let key = if inflight == 0 {
+                "backplane_publish"
+            } else {
+                "backplane_publish_confirmed"
+            };
+            row.insert(key.into(), v["per_s"].clone());
+            row.insert(format!("{key}_overloaded"), v["overloaded"].clone());
+        }
+        let redis_cpu = Sample::of(redis.pid).cpu_pct_since(&cpu0);
+        let piped = tokio::task::block_in_place(|| {
+            bench(&[&["-c", "1", "-P", "256"][..], &publish[..]].concat())
+        })?;
+        row.insert("redis_benchmark_publish_c1_p256".into(), json!(piped[0].1));
+        let xadd = tokio::task::block_in_place(|| {
+            bench(&[
+                "-n",
+                &n,
+                "xadd",
+                "loadgen-stream",
+                "MAXLEN",
+                "~",
+                "10000",
+                "*",
+                "d",
+                &payload,
+            ])
+        })?;
+        row.insert("redis_benchmark_xadd".into(), json!(xadd[0].1));
+        let ratio = row["backplane_publish"].as_f64().unwrap_or(0.0) / raw[0].1.max(1.0);
+        eprintln!(
+            "backplane-rate rep {rep}: publish {} /s, confirmed ({} in flight) {} /s; \
+             redis-benchmark PUBLISH {} /s (-c 1 -P 256: {}), XADD {} /s; publish / raw PUBLISH {ratio:.2}",
+            row["backplane_publish"],
+            o.bp_inflight,
+            row["backplane_publish_confirmed"],
+            raw[0].1,
+            piped[0].1,
+            xadd[0].1
+        );
+        let mut record = json!({
+            "scenario": "backplane-rate",
+            "mode": mode,
+            "rep": rep,
+            "publishes": o.bp_burst,
+            "inflight": o.bp_inflight,
+            "bytes": o.bytes,
+            "redis_cpu_pct_during_backplane": round3(redis_cpu),
+            "publish_over_raw": round3(ratio),
+        });
+        if let Some(obj) = record.as_object_mut() {
+            obj.extend(row);
+        }
+        records.push(record);
+    }
+    fleet.finish().await;
+    Ok(records)
+}
+
+// ---------------------------------------------------------------------------------------------
 // Summary
 
 fn print_summary(records: &[Value]) {
@@ -2185,6 +2975,7 @@ fn print_summary(records: &[Value]) {
         let key = match (r["scenario"].as_str(), r["variant"].as_str()) {
             (Some(s), Some(v)) => format!("{s}/{v}"),
             (Some("slow"), None) => format!("slow/{}%", r["slow_pct"]),
+            (Some("backplane"), None) => format!("backplane/{}", r["part"].as_str().unwrap_or("?")),
             (Some(s), None) => s.to_owned(),
             _ => continue,
         };
@@ -2239,6 +3030,34 @@ fn print_summary(records: &[Value]) {
                     r["idle_secs"],
                     r["goal_kib"],
                     r["goal_met"]
+                ),
+                Some("backplane") => format!(
+                    "{} ({} instance(s)): {} deliveries/s, p50 {} ms, p99 {} ms, server CPU {} %, redis {} %",
+                    r["config"],
+                    r["instances"],
+                    r["deliveries_per_s"],
+                    r["latency"]["p50_ms"],
+                    r["latency"]["p99_ms"],
+                    r["server_cpu_pct"],
+                    r["helper_cpu_pct"]
+                ),
+                Some("backplane-cost") => format!(
+                    "{} clients: {} Redis commands per publish ({} sent by the instances), connections per instance {}",
+                    r["clients"],
+                    r["commands_per_publish_total"],
+                    r["sent_per_publish"],
+                    r["per_instance"]
+                        .as_array()
+                        .map(|a| a.iter().map(|i| i["redis_connections"].to_string()).collect::<Vec<_>>().join("/"))
+                        .unwrap_or_default()
+                ),
+                Some("backplane-rate") => format!(
+                    "publish {} /s, confirmed {} /s, redis-benchmark PUBLISH {} /s, XADD {} /s: {}x raw PUBLISH",
+                    r["backplane_publish"],
+                    r["backplane_publish_confirmed"],
+                    r["redis_benchmark_publish"],
+                    r["redis_benchmark_xadd"],
+                    r["publish_over_raw"]
                 ),
                 Some("garbage-id") => format!(
                     "garbage {}: {} B/conn ({} clients, {} events of history)",

@@ -35,6 +35,18 @@
 //! timeout of N ms (with `axum::serve`: modes `tower-sse` and `axum-broadcast`), and
 //! `--history N` keeps N events of replay history in the manager (modes `tower-sse*`).
 //!
+//! `--redis URL` (or the `REDIS_URL` environment variable) joins the manager (modes
+//! `tower-sse*`) to the hub `--hub NAME` (default `loadtest`) on that Redis through
+//! `tower_sse::backplane::RedisBackplane`: several load servers on one Redis then behave as
+//! one hub, and a publish on any of them reaches the clients of all. `/stats` then also
+//! gives the instance's number. With it or without it, `POST /publish-burst?n=N&inflight=K`
+//! (modes `tower-sse*`) measures the publish rate inside the server: `N` publishes of one
+//! event from one task, with `publish` in a tight loop (`K` = 0: each returns once the event
+//! is queued for the broker; the last one is awaited with `publish_confirmed`, so the time
+//! covers every append) or with `publish_confirmed` and `K` in flight. It answers
+//! `{"n", "secs", "per_s", "overloaded"}` (`overloaded`: publishes refused because the
+//! broker's queue was full, and retried).
+//!
 //! The global allocator is chosen at build time: glibc's by default, `--features jemalloc`
 //! (tikv-jemallocator) or `--features mimalloc`. `/stats` and the start line name it.
 //!
@@ -64,8 +76,9 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 use tower::{Layer, ServiceExt};
+use tower_sse::backplane::{BackplaneError, RedisBackplane};
 use tower_sse::listener::GuardedListener;
-use tower_sse::manager::{Connect, ConnectionBody, ConnectionManager};
+use tower_sse::manager::{Connect, ConnectionBody, ConnectionManager, SendError};
 use tower_sse::{Event, SseContext, SseLayer};
 
 #[cfg(feature = "jemalloc")]
@@ -139,12 +152,16 @@ struct Args {
     stall: Option<Duration>,
     /// Replay history kept by the manager, in events.
     history: usize,
+    /// Join the manager to a hub on this Redis.
+    redis: Option<String>,
+    /// The hub's name on Redis.
+    hub: String,
 }
 
 const USAGE: &str =
     "usage: loadserver --mode tower-sse|axum-broadcast|hyper-bare|tower-sse-hyper|tokio-raw \
 [--addr 127.0.0.1:0] [--heartbeat-ms 15000] [--queue 256] [--workers 2] [--serve axum|hyper] \
-[--stall-ms 0] [--history 0]";
+[--stall-ms 0] [--history 0] [--redis redis://127.0.0.1:6379 (or REDIS_URL)] [--hub loadtest]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -156,6 +173,10 @@ fn parse_args() -> Result<Args, String> {
         hyper_serve: false,
         stall: None,
         history: 0,
+        redis: std::env::var("REDIS_URL")
+            .ok()
+            .filter(|url| !url.is_empty()),
+        hub: "loadtest".to_owned(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -175,6 +196,8 @@ fn parse_args() -> Result<Args, String> {
                 args.stall = (ms > 0).then(|| Duration::from_millis(ms));
             }
             "--history" => args.history = value.parse().map_err(|_| bad(()))?,
+            "--redis" => args.redis = Some(value).filter(|url| !url.is_empty()),
+            "--hub" => args.hub = value,
             "--serve" => {
                 args.hyper_serve = match value.as_str() {
                     "axum" => false,
@@ -243,24 +266,54 @@ async fn run(args: Args) -> std::io::Result<()> {
             if args.history > 0 {
                 manager = manager.replay(args.history, None);
             }
+            let mut backplane = None;
+            if let Some(url) = &args.redis {
+                let bp = RedisBackplane::builder(url.as_str())
+                    .hub(args.hub.as_str())
+                    .connect()
+                    .await
+                    .map_err(|e| std::io::Error::other(format!("redis {url}: {e}")))?;
+                eprintln!(
+                    "loadserver: instance {} of hub {:?} on {url}",
+                    bp.instance(),
+                    args.hub
+                );
+                manager = manager.backplane(bp.clone());
+                backplane = Some(bp);
+            }
             let manager = manager.build();
             let layer = match args.heartbeat {
                 Some(interval) => SseLayer::new().heartbeat_interval(interval),
                 None => SseLayer::new().disable_heartbeat(),
             };
-            let state = TowerSseState { manager };
+            let state = TowerSseState { manager, backplane };
             if args.mode == Mode::TowerSse {
                 let app = Router::new()
                     .route("/events", get(ts_events))
                     .route("/publish", post(ts_publish))
+                    .route("/publish-burst", post(ts_burst))
                     .route("/stats", get(ts_stats))
                     .layer(layer)
                     .with_state(state);
                 serve_router(listener, app, serve).await
             } else {
-                let svc = layer.layer(tower::service_fn(move |req| {
+                let svc = layer.layer(tower::service_fn(move |req: Request<Incoming>| {
                     let state = state.clone();
-                    async move { Ok::<_, Infallible>(ts_hyper(state, req)) }
+                    // hyper keeps one slot the size of this future per connection for as
+                    // long as it is open: the burst's large future is boxed, so the event
+                    // streams' memory is what it was before `/publish-burst` existed.
+                    if req.method() == Method::POST && req.uri().path() == "/publish-burst" {
+                        let query = req.uri().query().map(str::to_owned);
+                        let burst = async move {
+                            let body = burst(&state.manager, query.as_deref()).await;
+                            Ok::<_, Infallible>(json_response(body).map(Either::Right))
+                        };
+                        futures_util::future::Either::Right(Box::pin(burst))
+                    } else {
+                        futures_util::future::Either::Left(async move {
+                            Ok::<_, Infallible>(ts_hyper(state, req))
+                        })
+                    }
                 }));
                 serve_hyper(listener, move |req| svc.clone().oneshot(req)).await
             }
@@ -409,11 +462,17 @@ fn wants_hello(query: Option<&str>) -> bool {
 }
 
 fn stats_json(mode: Mode, open: usize) -> String {
+    stats_json_with(mode, open, None)
+}
+
+/// As [`stats_json`], with the backplane instance's number when there is one.
+fn stats_json_with(mode: Mode, open: usize, instance: Option<u32>) -> String {
     let tasks = tokio::runtime::Handle::current()
         .metrics()
         .num_alive_tasks();
+    let instance = instance.map_or(String::new(), |i| format!(",\"instance\":{i}"));
     format!(
-        "{{\"mode\":\"{}\",\"open\":{open},\"tasks\":{tasks},\"allocator\":\"{ALLOCATOR}\"}}",
+        "{{\"mode\":\"{}\",\"open\":{open},\"tasks\":{tasks},\"allocator\":\"{ALLOCATOR}\"{instance}}}",
         mode.name()
     )
 }
@@ -439,6 +498,17 @@ fn status(code: StatusCode) -> http::Response<Full<Bytes>> {
 #[derive(Clone)]
 struct TowerSseState {
     manager: ConnectionManager,
+    backplane: Option<RedisBackplane>,
+}
+
+impl TowerSseState {
+    fn stats(&self, mode: Mode) -> String {
+        stats_json_with(
+            mode,
+            self.manager.len(),
+            self.backplane.as_ref().map(RedisBackplane::instance),
+        )
+    }
 }
 
 fn ts_publish_all(manager: &ConnectionManager, p: Publish) -> usize {
@@ -475,12 +545,99 @@ async fn ts_publish(State(state): State<TowerSseState>, RawQuery(query): RawQuer
 async fn ts_stats(State(state): State<TowerSseState>) -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
-        stats_json(Mode::TowerSse, state.manager.len()),
+        state.stats(Mode::TowerSse),
     )
         .into_response()
 }
 
-/// The same routes without axum, for `tower-sse-hyper`.
+async fn ts_burst(State(state): State<TowerSseState>, RawQuery(query): RawQuery) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        burst(&state.manager, query.as_deref()).await,
+    )
+        .into_response()
+}
+
+/// `POST /publish-burst?n=N&inflight=K&bytes=B`: the publish rate from one task (see the
+/// module docs).
+async fn burst(manager: &ConnectionManager, query: Option<&str>) -> String {
+    use futures_util::stream::FuturesUnordered;
+    let n = query_u64(query, "n")
+        .unwrap_or(100_000)
+        .clamp(1, 10_000_000);
+    let inflight = query_u64(query, "inflight").unwrap_or(0).min(65_536) as usize;
+    let bytes = query_u64(query, "bytes").unwrap_or(128).min(1 << 20) as usize;
+    let event = Event::message(payload(0, bytes));
+    let overloaded = |e: &SendError| matches!(e, SendError::Backplane(BackplaneError::Overloaded));
+    let mut refused = 0u64;
+    let mut error = None::<String>;
+    let start = std::time::Instant::now();
+    if inflight == 0 {
+        let mut sent = 0;
+        while sent + 1 < n {
+            match manager.publish(event.clone()) {
+                Ok(_) => sent += 1,
+                // The broker's queue is full: let the writer drain it, and retry.
+                Err(e) if overloaded(&e) => {
+                    refused += 1;
+                    tokio::task::yield_now().await;
+                }
+                Err(e) => {
+                    error = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        // One writer appends in order: once the last is confirmed, every one is.
+        if error.is_none() {
+            loop {
+                match manager.publish_confirmed(event.clone()).await {
+                    Ok(_) => break,
+                    Err(e) if overloaded(&e) => {
+                        refused += 1;
+                        tokio::task::yield_now().await;
+                    }
+                    Err(e) => {
+                        error = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
+        }
+    } else {
+        let mut pending = FuturesUnordered::new();
+        let mut started = 0;
+        let mut done = 0;
+        while done < n {
+            while started < n && pending.len() < inflight {
+                pending.push(manager.publish_confirmed(event.clone()));
+                started += 1;
+            }
+            match pending.next().await {
+                Some(Ok(_)) => done += 1,
+                Some(Err(e)) if overloaded(&e) => {
+                    refused += 1;
+                    started -= 1;
+                    tokio::task::yield_now().await;
+                }
+                Some(Err(e)) => {
+                    error = Some(e.to_string());
+                    break;
+                }
+                None => break,
+            }
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let error = error.map_or("null".to_owned(), |e| format!("{e:?}"));
+    format!(
+        "{{\"n\":{n},\"inflight\":{inflight},\"secs\":{secs:.6},\"per_s\":{:.0},\"overloaded\":{refused},\"error\":{error}}}",
+        n as f64 / secs
+    )
+}
+
+/// The same routes without axum, for `tower-sse-hyper` (and `POST /publish-burst`, served
+/// by the caller).
 fn ts_hyper(
     state: TowerSseState,
     req: Request<Incoming>,
@@ -507,7 +664,7 @@ fn ts_hyper(
             json_response(format!("{{\"delivered\":{delivered}}}")).map(Either::Right)
         }
         (&Method::GET, "/stats") => {
-            json_response(stats_json(Mode::TowerSseHyper, state.manager.len())).map(Either::Right)
+            json_response(state.stats(Mode::TowerSseHyper)).map(Either::Right)
         }
         _ => status(StatusCode::NOT_FOUND).map(Either::Right),
     }
