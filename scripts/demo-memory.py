@@ -2,7 +2,7 @@
 """Does the demo's memory come back? RSS of a demo binary before, during and after floods of
 event streams (README, "The demo hub": allocator).
 
-    cargo build --release --example demo
+    cargo build --release --example demo --features metrics,tracing
     python3 scripts/demo-memory.py target/release/examples/demo [--streams 5000] [--rounds 3]
 
 Starts the binary (ADDR=127.0.0.1:0, RUST_LOG=warn; extra VAR=value arguments go to its

@@ -12,7 +12,8 @@
 //! (started on A, stopped by `POST /complete` on B, ending with `event: end`).
 //!
 //! Every wait is bounded; the processes are killed when the test ends, however it ends.
-#![cfg(feature = "redis")]
+// The demo asks for `metrics` and `tracing` (Cargo.toml, `required-features`).
+#![cfg(all(feature = "redis", feature = "metrics", feature = "tracing"))]
 
 mod common;
 
@@ -42,6 +43,8 @@ fn demo_binary() -> PathBuf {
         ("json", cfg!(feature = "json")),
         ("axum", cfg!(feature = "axum")),
         ("redis", cfg!(feature = "redis")),
+        ("metrics", cfg!(feature = "metrics")),
+        ("tracing", cfg!(feature = "tracing")),
     ]
     .iter()
     .filter(|(_, on)| *on)

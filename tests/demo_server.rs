@@ -486,6 +486,7 @@ async fn at_every_cap_the_demo_refuses_with_503_and_stats_and_publish_still_answ
 // ---- /metrics ------------------------------------------------------------------------------
 
 /// The value of the sample `name` (with its labels, as rendered) in a Prometheus text.
+#[cfg(feature = "metrics")]
 fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .filter(|line| !line.starts_with('#'))
@@ -495,6 +496,8 @@ fn sample(text: &str, series: &str) -> Option<f64> {
         })
 }
 
+// The crate emits metrics only with its `metrics` feature.
+#[cfg(feature = "metrics")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_the_prometheus_text_of_the_crates_counters_and_agree_with_stats() {
     let _serial = SERIAL.lock().await;

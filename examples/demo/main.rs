@@ -1,7 +1,7 @@
 //! The tower-sse demo hub: a live feed, a publish form, a connection count and an LLM-style
 //! typewriter, all over Server-Sent Events.
 //!
-//! Run with `cargo run --release --example demo`, then open http://127.0.0.1:3000 in a
+//! Run with `cargo run --release --example demo --features metrics,tracing`, then open http://127.0.0.1:3000 in a
 //! browser. `ADDR=0.0.0.0:8080` changes the address; `HEARTBEAT_MS`, `RETRY_MS`,
 //! `TOKEN_DELAY_MS` and `LIVENESS_MS` change the timings, `MAX_BODY_BYTES` the largest
 //! accepted request body (default 1 MiB).
@@ -24,8 +24,8 @@
 //!
 //! ```text
 //! redis-server --port 6379 --save '' &
-//! REDIS_URL=redis://127.0.0.1:6379 ADDR=127.0.0.1:3001 cargo run --release --example demo &
-//! REDIS_URL=redis://127.0.0.1:6379 ADDR=127.0.0.1:3002 cargo run --release --example demo
+//! REDIS_URL=redis://127.0.0.1:6379 ADDR=127.0.0.1:3001 cargo run --release --example demo --features metrics,tracing &
+//! REDIS_URL=redis://127.0.0.1:6379 ADDR=127.0.0.1:3002 cargo run --release --example demo --features metrics,tracing
 //! ```
 //!
 //! Try it from a terminal too:
