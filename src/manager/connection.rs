@@ -394,11 +394,7 @@ impl<M> Connection<M> {
         if state.topics.len() >= limit {
             return Err(SubscribeError::TooManyTopics { limit });
         }
-        state.topics.push(Cursor {
-            log,
-            next: cursor,
-            live_from: cursor,
-        });
+        state.topics.push(Cursor::new(log, cursor, cursor));
         // The body parks on the logs it reads: wake it to park on this one too.
         let waker = state.waker.take();
         drop(state);
@@ -417,17 +413,17 @@ impl<M> Connection<M> {
             return None;
         }
         let i = state.position(topic)?;
-        let cursor = state.topics.swap_remove(i);
+        let mut cursor = state.topics.swap_remove(i);
         drop(state);
-        cursor.log.unpark(self.id.as_u64());
+        cursor.unpark(self.id.as_u64());
         Some(cursor.log)
     }
 
     /// Forgets the body's task everywhere it is parked (the body went away).
     pub(crate) fn unpark(&self) {
-        let state = self.state.lock();
-        for cursor in state.subs() {
-            cursor.log.unpark(self.id.as_u64());
+        let mut state = self.state.lock();
+        for cursor in state.subs_mut() {
+            cursor.unpark(self.id.as_u64());
         }
     }
 
@@ -469,19 +465,20 @@ impl<M> Connection<M> {
                 return last.map_or(Next::End, |event| Next::Last { event, finished });
             }
             // Nothing to send: wait for a send or a close, and for a publish to any log.
-            if !state
+            let same_waker = state
                 .waker
                 .as_ref()
-                .is_some_and(|w| w.will_wake(cx.waker()))
-            {
+                .is_some_and(|w| w.will_wake(cx.waker()));
+            if !same_waker {
                 state.waker = Some(cx.waker().clone());
             }
             let id = self.id.as_u64();
-            // Parking takes each log's own lock, which nothing holds while taking ours.
-            // Every log, not just until one has news: each must hold the waker.
+            // Parking takes each log's own lock, which nothing holds while taking ours, unless
+            // the reader is still registered there with this waker. Every log, not just until
+            // one has news: each must hold the waker.
             let mut missed = false;
-            for c in state.subs() {
-                missed |= c.log.park(id, c.next, cx.waker());
+            for c in state.subs_mut() {
+                missed |= c.park(id, cx.waker(), same_waker);
             }
             if !missed {
                 return Next::Pending;
@@ -550,7 +547,8 @@ impl State {
 
     /// Merges the logs and the queue in the order they were sent, up to one batch, taking
     /// from the logs only entries numbered below `until`. Holds the read lock of every log
-    /// at once: a publish is only visible with every earlier one (see `Log::push`).
+    /// with news at once (see [`lock_with_news`]): a publish is only visible with every
+    /// earlier one.
     fn read_batch(&mut self, until: u64) -> Batch {
         let mut batch = Batch::default();
         let State {
@@ -565,26 +563,26 @@ impl State {
         // or two topics.
         match topics.as_mut_slice() {
             [] => {
-                let mut sources = [Source::new(all, skip)];
+                let mut sources = [Source::new(all)];
+                lock_with_news(&mut sources, skip);
                 merge(&mut sources, queue, until, &mut batch);
             }
             [a] => {
-                let mut sources = [Source::new(all, skip), Source::new(a, skip)];
+                let mut sources = [Source::new(all), Source::new(a)];
+                lock_with_news(&mut sources, skip);
                 merge(&mut sources, queue, until, &mut batch);
             }
             [a, b] => {
-                let mut sources = [
-                    Source::new(all, skip),
-                    Source::new(a, skip),
-                    Source::new(b, skip),
-                ];
+                let mut sources = [Source::new(all), Source::new(a), Source::new(b)];
+                lock_with_news(&mut sources, skip);
                 merge(&mut sources, queue, until, &mut batch);
             }
             _ => {
                 let mut sources: Vec<Source<'_>> = std::iter::once(all)
                     .chain(topics.iter_mut())
-                    .map(|c| Source::new(c, skip))
+                    .map(Source::new)
                     .collect();
+                lock_with_news(&mut sources, skip);
                 merge(&mut sources, queue, until, &mut batch);
             }
         }
@@ -592,32 +590,72 @@ impl State {
     }
 }
 
-/// One log being read, under its read lock, and the reader's position in it.
+/// One log being read, under its read lock once it has news, and the reader's position in
+/// it.
 struct Source<'a> {
-    entries: RwLockReadGuard<'a, Entries>,
+    log: &'a Log,
+    entries: Option<RwLockReadGuard<'a, Entries>>,
     next: &'a mut u64,
 }
 
 impl<'a> Source<'a> {
-    fn new(cursor: &'a mut Cursor, skip_through: u64) -> Self {
+    fn new(cursor: &'a mut Cursor) -> Self {
         let Cursor { log, next, .. } = cursor;
-        let log: &'a Arc<Log> = log;
-        let entries = log.read();
-        // Entries the log dropped before they were read are accounted for by the bound.
-        *next = (*next).max(entries.start());
-        // Entries the client saw elsewhere (only ever just after it connected).
-        while entries.get(*next).is_some_and(|e| e.seq <= skip_through) {
-            *next += 1;
+        Source {
+            log,
+            entries: None,
+            next,
         }
-        Source { entries, next }
+    }
+
+    /// Whether the log has entries past the reader, and is not locked yet.
+    fn has_news(&self) -> bool {
+        self.entries.is_none() && self.log.end() > *self.next
+    }
+
+    fn lock(&mut self, skip_through: u64) {
+        let entries = self.log.read();
+        // Entries the log dropped before they were read are accounted for by the bound.
+        *self.next = (*self.next).max(entries.start());
+        // Entries the client saw elsewhere (only ever just after it connected).
+        while entries
+            .get(*self.next)
+            .is_some_and(|e| e.seq <= skip_through)
+        {
+            *self.next += 1;
+        }
+        self.entries = Some(entries);
     }
 
     /// The seq of the next entry, if it is numbered below `until`.
     fn head(&self, until: u64) -> Option<u64> {
         self.entries
+            .as_ref()?
             .get(*self.next)
             .map(|e| e.seq)
             .filter(|&seq| seq < until)
+    }
+}
+
+/// Takes the read lock of each log with entries past its reader, and leaves the others
+/// alone: a reader of several logs mostly has news in one, and the others' locks are shared
+/// by every reader. A log passed over must not hold an entry published before one that is
+/// read now: publishes are pushed one at a time in seq order (`Store::publish`), so an
+/// entry older than one visible under a lock taken here is visible in its own log's end
+/// once that lock is held. Hence the logs passed over are looked at again after every lock
+/// taken, until a round takes none.
+fn lock_with_news(sources: &mut [Source<'_>], skip_through: u64) {
+    loop {
+        let mut locked = false;
+        for source in sources.iter_mut() {
+            if source.has_news() {
+                source.lock(skip_through);
+                locked = true;
+            }
+        }
+        if !locked {
+            return;
+        }
     }
 }
 
@@ -637,7 +675,7 @@ fn merge(
         match next_log {
             Some((seq, i)) if stamp.map_or(true, |stamp| seq < stamp) => {
                 let source = &mut sources[i];
-                if let Some(entry) = source.entries.get(*source.next) {
+                if let Some(entry) = source.entries.as_ref().and_then(|e| e.get(*source.next)) {
                     batch.published_ms.get_or_insert(entry.at_ms);
                     batch.push(entry.event.as_bytes());
                 }

@@ -104,9 +104,41 @@ pub(crate) struct Cursor {
     /// The log's end when the reader started reading it: entries before it are replay,
     /// which the backlog bound does not count.
     pub(crate) live_from: u64,
+    /// The generation of the log's parked set the reader's waker was registered in
+    /// ([`NOT_PARKED`] if it is not).
+    parked_in: u64,
 }
 
+/// [`Cursor::parked_in`] of a reader not registered in its log's parked set.
+const NOT_PARKED: u64 = u64::MAX;
+
 impl Cursor {
+    pub(crate) fn new(log: Arc<Log>, next: u64, live_from: u64) -> Self {
+        Cursor {
+            log,
+            next,
+            live_from,
+            parked_in: NOT_PARKED,
+        }
+    }
+
+    /// Registers the reader's `waker` for the log's next publish. With `same_waker` (the
+    /// waker it parked with last), a reader still registered takes no lock: a reader of
+    /// several logs parks on each of them, and most have no news. Returns `true` if an
+    /// entry came in past the cursor meanwhile: read again instead of waiting.
+    pub(crate) fn park(&mut self, id: u64, waker: &Waker, same_waker: bool) -> bool {
+        if !same_waker || self.parked_in != self.log.parked.generation() {
+            self.parked_in = self.log.parked.park(id, waker);
+        }
+        self.log.end() > self.next
+    }
+
+    /// Takes the reader out of the log's parked set.
+    pub(crate) fn unpark(&mut self, id: u64) {
+        self.parked_in = NOT_PARKED;
+        self.log.unpark(id);
+    }
+
     /// Entries published since the reader started, not yet sent.
     pub(crate) fn live_backlog(&self) -> u64 {
         self.log.end().saturating_sub(self.next.max(self.live_from))
@@ -249,9 +281,11 @@ impl Log {
     }
 
     /// Registers `waker` for the next publish. Returns `true` if an entry came in past
-    /// `cursor` meanwhile: the caller must read again instead of waiting.
+    /// `cursor` meanwhile: the caller must read again instead of waiting. (Readers park
+    /// through [`Cursor::park`].)
+    #[cfg(test)]
     pub(crate) fn park(&self, id: u64, cursor: u64, waker: &Waker) -> bool {
-        self.parked.park(id, waker);
+        let _generation = self.parked.park(id, waker);
         self.end() > cursor
     }
 
@@ -333,6 +367,30 @@ mod tests {
         assert!(log.park(7, 0, waker), "an entry past the cursor");
         assert!(!log.park(7, 1, waker), "nothing past the cursor");
     }
+
+    #[test]
+    fn a_reader_still_parked_with_the_same_waker_parks_again_without_the_lock() {
+        let log = Arc::new(Log::new(None));
+        let published = AtomicU64::new(0);
+        let waker = futures_util::task::noop_waker_ref();
+        let mut cursor = Cursor::new(log.clone(), 0, 0);
+        assert!(!cursor.park(7, waker, false));
+        let registered = cursor.parked_in;
+        assert_eq!(registered, log.parked.generation());
+        // Still registered: parking again changes nothing, and still sees new entries.
+        log.push(entry(1, 0), 8, &published);
+        assert!(cursor.park(7, waker, true), "an entry past the cursor");
+        assert_eq!(cursor.parked_in, registered);
+        // Woken: the set was swapped out, so it registers again, in the next generation.
+        log.wake();
+        cursor.next = 1;
+        assert!(!cursor.park(7, waker, true));
+        assert_eq!(cursor.parked_in, registered + 1);
+        assert_eq!(log.parked.len(), 1, "registered once");
+        cursor.unpark(7);
+        assert_eq!(log.parked.len(), 0);
+        assert_eq!(cursor.parked_in, NOT_PARKED);
+    }
 }
 
 /// The park/wake handshake under every interleaving loom finds: a reader that checks for
@@ -377,6 +435,42 @@ mod loom_tests {
             let waker = Waker::from(flag.clone());
             // The reader's poll: look, park, look again.
             let saw = log.read().end() > 0 || log.park(1, 0, &waker);
+            publisher.join().expect("publisher");
+            assert!(
+                saw || flag.0.load(Ordering::SeqCst),
+                "the reader neither saw the entry nor was woken"
+            );
+        });
+    }
+
+    /// A reader parks, then parks again with the same waker and skips the lock if it is still
+    /// registered, while a publish comes in: it sees the entry or is woken.
+    #[test]
+    fn a_publish_is_never_missed_by_a_reader_that_skips_parking() {
+        loom::model(|| {
+            let log = Arc::new(Log::new(None));
+            let published = Arc::new(AtomicU64::new(0));
+            let flag = std::sync::Arc::new(Flag(AtomicBool::new(false)));
+            let waker = Waker::from(flag.clone());
+            let mut cursor = Cursor::new(log.clone(), 0, 0);
+            let mut saw = cursor.park(1, &waker, false);
+            let publisher = {
+                let (log, published) = (log.clone(), published.clone());
+                thread::spawn(move || {
+                    log.push(
+                        Entry {
+                            seq: 1,
+                            at_ms: 0,
+                            event: Event::message("x"),
+                        },
+                        4,
+                        &published,
+                    );
+                    log.wake();
+                })
+            };
+            // The poll after a wake that was not this log's: park again, same waker.
+            saw |= cursor.park(1, &waker, true);
             publisher.join().expect("publisher");
             assert!(
                 saw || flag.0.load(Ordering::SeqCst),

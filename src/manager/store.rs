@@ -404,20 +404,14 @@ impl Store {
         // Live events start at the ends now; what lies before is replay.
         let ends: Vec<u64> = logs.iter().map(|l| l.end()).collect();
         drop(p);
-        let mut cursors =
-            logs.into_iter()
-                .zip(cursors.into_iter().zip(ends))
-                .map(|(log, (next, live_from))| Cursor {
-                    log,
-                    next,
-                    live_from,
-                });
+        let mut cursors = logs
+            .into_iter()
+            .zip(cursors.into_iter().zip(ends))
+            .map(|(log, (next, live_from))| Cursor::new(log, next, live_from));
         // `logs` starts with the log to all, so the fallback is never taken.
-        let all = cursors.next().unwrap_or_else(|| Cursor {
-            log: self.all.clone(),
-            next: self.all.end(),
-            live_from: self.all.end(),
-        });
+        let all = cursors
+            .next()
+            .unwrap_or_else(|| Cursor::new(self.all.clone(), self.all.end(), self.all.end()));
         Start {
             all,
             topics: cursors.collect(),

@@ -93,6 +93,11 @@ const KEEP_SPARE: usize = 32;
 #[derive(Debug, Default)]
 pub(crate) struct Parked {
     inner: Mutex<ParkedSets>,
+    /// How many times the set was swapped out: a reader that parked at generation `g` is
+    /// still in the set while this reads `g` (only [`wake_all`](Parked::wake_all) takes
+    /// readers out, and it wakes each one it takes), so it need not take the lock to park
+    /// again with the same waker.
+    generation: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -102,8 +107,9 @@ struct ParkedSets {
 }
 
 impl Parked {
-    /// Registers `waker` for the next [`wake_all`](Self::wake_all).
-    pub(crate) fn park(&self, id: u64, waker: &Waker) {
+    /// Registers `waker` for the next [`wake_all`](Self::wake_all). Returns the generation
+    /// it is registered in (see [`generation`](Self::generation)).
+    pub(crate) fn park(&self, id: u64, waker: &Waker) -> u64 {
         let mut sets = self.inner.lock();
         match sets.waiting.get(&id) {
             Some(w) if w.will_wake(waker) => {}
@@ -111,6 +117,14 @@ impl Parked {
                 sets.waiting.insert(id, waker.clone());
             }
         }
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// The current generation. A reader that parked in generation `g` and reads `g` here is
+    /// still registered, or is being woken by a `wake_all` it did not see yet: either way
+    /// it will be woken, so it may skip [`park`](Self::park) if its waker is unchanged.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Forgets a reader that went away, so its task is not kept alive by a stale waker.
@@ -132,6 +146,7 @@ impl Parked {
                 return;
             }
             let spare = sets.spare.take().unwrap_or_default();
+            self.generation.fetch_add(1, Ordering::Release);
             std::mem::replace(&mut sets.waiting, spare)
         };
         let woken = taken.len();
