@@ -1,15 +1,18 @@
 //! The Lua scripts the engine runs in Redis: each is one round trip, and atomic.
 
-/// Appends one operation to the hub's stream: numbers it in the current epoch (made by the
-/// first append after Redis lost its data), then trims by length and age.
+/// Appends a batch of operations to the hub's stream, in order and atomically: numbers them
+/// in the current epoch (made by the first append after Redis lost its data), then trims by
+/// length and age, once per batch. One script call for the whole batch: the script's own
+/// cost (and the clock read and the trim) is paid once, not per operation.
 ///
 /// A new epoch is the server's time in microseconds (hex) followed by the first four
 /// characters of the appending instance's candidate: never the same twice, also when the same
 /// instance makes the epoch again after a restart (a reused tag would make the numbers that
 /// start over at 1 look like entries already read, and they would be skipped in silence).
 ///
-/// KEYS: stream, meta hash. ARGV: epoch candidate, max length, max age in ms (0: none), kind,
-/// target, data, completion, origin. Returns `{epoch, n}`.
+/// KEYS: stream, meta hash. ARGV: epoch candidate, max length, max age in ms (0: none),
+/// origin, then kind, target, data and completion of each operation. Returns
+/// `{epoch, last}`: the operations are numbered `last - count + 1` to `last`.
 pub(super) const APPEND: &str = r#"
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 if not epoch then
@@ -17,16 +20,22 @@ if not epoch then
   epoch = string.format('%x%05x', tonumber(t[1]), tonumber(t[2])) .. string.sub(ARGV[1], 1, 4)
   redis.call('HSET', KEYS[2], 'epoch', epoch)
 end
-local n = redis.call('HINCRBY', KEYS[2], 'n', 1)
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*',
-  'e', epoch, 'n', n, 'k', ARGV[4], 't', ARGV[5], 'd', ARGV[6], 'c', ARGV[7], 'o', ARGV[8])
+local count = (#ARGV - 4) / 4
+local last = redis.call('HINCRBY', KEYS[2], 'n', count)
+local n = last - count
+for i = 5, #ARGV, 4 do
+  n = n + 1
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*',
+    'e', epoch, 'n', n, 'k', ARGV[i], 't', ARGV[i + 1], 'd', ARGV[i + 2], 'c', ARGV[i + 3],
+    'o', ARGV[4])
+end
 local age = tonumber(ARGV[3])
 if age > 0 then
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d', now - age))
 end
-return {epoch, n}
+return {epoch, last}
 "#;
 
 /// Records that an instance is alive, with its open connections and the keys it holds, and

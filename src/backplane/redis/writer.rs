@@ -12,8 +12,11 @@ use super::scripts;
 use super::Shared;
 use crate::manager::broker::{format_id, Ack, BackplaneError};
 
-/// Most operations in one pipeline.
+/// Most operations in one append.
 const BATCH: usize = 256;
+
+/// An append stops taking more operations once it carries this many bytes of data.
+const BATCH_BYTES: usize = 1 << 20;
 
 /// One operation on its way to Redis.
 #[derive(Debug)]
@@ -41,10 +44,14 @@ pub(super) async fn run(shared: Arc<Shared>, mut link: Link, mut rx: mpsc::Recei
         let Some(first) = first else {
             return;
         };
+        let mut bytes = first.fields.data.len();
         let mut batch = vec![first];
-        while batch.len() < BATCH {
+        while batch.len() < BATCH && bytes < BATCH_BYTES {
             match rx.try_recv() {
-                Ok(o) => batch.push(o),
+                Ok(o) => {
+                    bytes += o.fields.data.len();
+                    batch.push(o);
+                }
                 Err(_) => break,
             }
         }
@@ -72,10 +79,14 @@ pub(super) async fn run(shared: Arc<Shared>, mut link: Link, mut rx: mpsc::Recei
             }
         }
         match result {
-            Ok(replies) => {
-                for (o, reply) in batch.into_iter().zip(replies) {
+            Ok(reply) => {
+                let numbered = parse_reply(&reply, batch.len());
+                for (i, o) in batch.into_iter().enumerate() {
                     if let Some(ack) = o.ack {
-                        let _ = ack.send(parse_reply(&reply).ok_or(BackplaneError::Unconfirmed));
+                        let id = numbered
+                            .as_ref()
+                            .map(|(epoch, first)| format_id(epoch, first + i as u64));
+                        let _ = ack.send(id.ok_or(BackplaneError::Unconfirmed));
                     }
                 }
             }
@@ -92,34 +103,34 @@ async fn append(
     link: &mut Link,
     sha: &str,
     batch: &[Outgoing],
-) -> redis::RedisResult<Vec<Value>> {
-    let mut pipe = redis::pipe();
+) -> redis::RedisResult<Value> {
     let s = &shared.settings;
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(sha)
+        .arg(2)
+        .arg(&shared.keys.stream)
+        .arg(&shared.keys.meta)
+        .arg(&shared.epoch_candidate)
+        .arg(s.max_len)
+        .arg(s.max_age_ms)
+        .arg(shared.instance);
     for o in batch {
         let f = &o.fields;
-        pipe.cmd("EVALSHA")
-            .arg(sha)
-            .arg(2)
-            .arg(&shared.keys.stream)
-            .arg(&shared.keys.meta)
-            .arg(&shared.epoch_candidate)
-            .arg(s.max_len)
-            .arg(s.max_age_ms)
-            .arg(f.kind)
+        cmd.arg(f.kind)
             .arg(&f.target)
             .arg(&f.data[..])
-            .arg(f.completion)
-            .arg(shared.instance);
+            .arg(f.completion);
     }
-    pipe.query_async(link).await
+    cmd.query_async(link).await
 }
 
-/// `{epoch, n}` as the id of entry `n`.
-fn parse_reply(reply: &Value) -> Option<String> {
+/// The epoch and the number of the first of `count` operations from the script's
+/// `{epoch, last}`.
+fn parse_reply(reply: &Value, count: usize) -> Option<(String, u64)> {
     let Value::Array(parts) = reply else {
         return None;
     };
-    let [epoch, Value::Int(n)] = parts.as_slice() else {
+    let [epoch, Value::Int(last)] = parts.as_slice() else {
         return None;
     };
     let epoch = match epoch {
@@ -127,5 +138,6 @@ fn parse_reply(reply: &Value) -> Option<String> {
         Value::SimpleString(s) => s.clone(),
         _ => return None,
     };
-    Some(format_id(&epoch, u64::try_from(*n).ok()?))
+    let first = u64::try_from(*last).ok()?.checked_sub(count as u64)? + 1;
+    Some((epoch, first))
 }
