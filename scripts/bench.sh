@@ -73,6 +73,12 @@ ATTR_CMD="$LOADGEN --modes tower-sse-hyper,tower-sse:hyper,axum-broadcast:hyper 
 ATTR_CHURN_CMD="$LOADGEN --modes tower-sse-hyper --scenarios churn $*"
 # Issue 12: hostile clients, and memory after a flood with each allocator (target/bench/memory.jsonl).
 HOSTILE_CMD="$LOADGEN --modes tower-sse --scenarios stuck,garbage-id $*"
+# The control of garbage-id: idle clients that get one event each, as each garbage-id client
+# gets its gap event.
+HELLO_CMD="$LOADGEN --modes tower-sse --scenarios garbage-id --garbage-hello 1 $*"
+# Issue 15: the Redis backplane (each scenario starts its own redis-server on a free
+# loopback port; target/bench/backplane.jsonl).
+BACKPLANE_CMD="$LOADGEN --modes tower-sse --scenarios backplane,backplane-cost,backplane-rate $*"
 FLOOD_CMDS=(
     "$LOADGEN --server $OUT/loadserver-glibc --modes tower-sse,hyper-bare --scenarios flood $*"
     "$LOADGEN --server $OUT/loadserver-jemalloc --modes tower-sse,hyper-bare --scenarios flood $*"
@@ -91,11 +97,19 @@ if [ -z "${BENCH_SKIP_LOAD:-}" ]; then
         $cmd --out "$OUT/load.jsonl" > /dev/null 2> >(tee -a "$OUT/loadgen.log" >&2)
     done
     rm -f "$OUT/memory.jsonl"
-    for cmd in "$HOSTILE_CMD" "${FLOOD_CMDS[@]}"; do
+    for cmd in "$HOSTILE_CMD" "$HELLO_CMD" "${FLOOD_CMDS[@]}"; do
         echo "== $cmd"
         # shellcheck disable=SC2086
         $cmd --out "$OUT/memory.jsonl" > /dev/null 2> >(tee -a "$OUT/loadgen.log" >&2)
     done
+    rm -f "$OUT/backplane.jsonl"
+    if command -v redis-server >/dev/null 2>&1; then
+        echo "== $BACKPLANE_CMD"
+        # shellcheck disable=SC2086
+        $BACKPLANE_CMD --out "$OUT/backplane.jsonl" > /dev/null 2> >(tee -a "$OUT/loadgen.log" >&2)
+    else
+        echo "warning: no redis-server (apt-get install redis-server): backplane scenarios skipped" >&2
+    fi
 fi
 
 criterion_files=()
@@ -105,6 +119,15 @@ if [ -z "${BENCH_SKIP_CRITERION:-}" ]; then
         # shellcheck disable=SC2086
         cargo bench --bench "$bench" -- $CRITERION_ARGS 2>&1 | tee "$OUT/criterion-$bench.txt"
         criterion_files+=("$OUT/criterion-$bench.txt")
+    done
+    # Issue 14: the same benches with the crate's metrics and tracing on, a Prometheus
+    # recorder and an INFO subscriber installed (benches/support/telemetry.rs). Compare
+    # with the lines above; target/bench/telemetry-*.txt are not part of the chart.
+    for bench in fanout layer; do
+        echo "== cargo bench --bench $bench --features metrics,tracing -- $CRITERION_ARGS"
+        # shellcheck disable=SC2086
+        cargo bench --bench "$bench" --features metrics,tracing -- $CRITERION_ARGS 2>&1 \
+            | tee "$OUT/telemetry-$bench.txt"
     done
 else
     for f in "$OUT"/criterion-*.txt; do
