@@ -34,6 +34,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout, Instant};
+
+mod common;
+use common::wait::wait_until;
 use tokio_util::sync::CancellationToken;
 use tower_sse::listener::ListenerStats;
 
@@ -231,18 +234,6 @@ async fn stats(addr: SocketAddr) -> Value {
     let (status, _, body) = request(addr, "GET", "/stats", "").await;
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).unwrap()
-}
-
-/// Polls `done` every 20 ms until it holds or `limit` passes; returns the time it took.
-async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if done() {
-            return Some(start.elapsed());
-        }
-        sleep(Duration::from_millis(20)).await;
-    }
-    done().then(|| start.elapsed())
 }
 
 // ---- Slowloris -------------------------------------------------------------------------------

@@ -27,6 +27,9 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::time::{sleep, timeout, Instant};
+
+mod common;
+use common::wait::wait_until;
 use tokio_util::sync::CancellationToken;
 use tower_sse::listener::GuardedListener;
 use tower_sse::Event;
@@ -63,18 +66,6 @@ fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
-/// Polls `done` every 20 ms until it holds or `limit` passes; returns the time it took.
-async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if done() {
-            return Some(start.elapsed());
-        }
-        sleep(Duration::from_millis(20)).await;
-    }
-    done().then(|| start.elapsed())
 }
 
 // ---- Servers and clients -------------------------------------------------------------------

@@ -4,6 +4,7 @@
 //!   Cluster, and a TCP proxy that can stall, cut and redirect connections.
 //! - [`sequence`]: the checker over the ids a client received through a backplane.
 //! - [`sse`]: a client that reads a response body in process and decodes it.
+//! - [`wait`]: polling a condition until a deadline.
 //! - [`whatwg`]: an independent event stream decoder written from the WHATWG spec, to check
 //!   that what the crate writes decodes to what was meant.
 //!
@@ -16,4 +17,5 @@ pub mod proxy;
 pub mod redis;
 pub mod sequence;
 pub mod sse;
+pub mod wait;
 pub mod whatwg;
