@@ -306,16 +306,6 @@ async fn eventually_json(url: &str, cond: impl Fn(&Value) -> bool) {
     }
 }
 
-fn chromium() -> PathBuf {
-    for candidate in ["/usr/bin/chromium", "/usr/bin/chromium-browser"] {
-        let path = PathBuf::from(candidate);
-        if path.exists() {
-            return path;
-        }
-    }
-    panic!("headless Chromium is required: run `bash scripts/test.sh`, which installs it");
-}
-
 /// The browser's half: the page reports to this server; one step ("switch") needs the test
 /// to move the load balancer.
 async fn chromium_client(a: &Demo, b: &Demo, ia: &Value, ib: &Value) {
@@ -349,33 +339,11 @@ async fn chromium_client(a: &Demo, b: &Demo, ia: &Value, ib: &Value) {
     let server = tokio::spawn(async move { axum::serve(listener, routes).await });
     let lb = Proxy::with_page(a.addr, "/__backplane_test", PAGE).await;
 
-    let profile = std::env::temp_dir().join(format!(
-        "tower-sse-chromium-backplane-{}",
-        std::process::id()
-    ));
     let page = format!(
         "http://{}/__backplane_test?a=http://{}&b=http://{}&test=http://{test_addr}",
         lb.addr, a.addr, b.addr
     );
-    let mut browser = tokio::process::Command::new(chromium())
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-dev-shm-usage",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(page)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start chromium");
+    let (mut browser, profile) = common::chromium::open("tower-sse-chromium-backplane", &page);
 
     let run = async {
         // The switch: every new connection goes to B, the browser's stream is cut, and events

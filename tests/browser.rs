@@ -8,9 +8,9 @@
 
 #[path = "../examples/demo/app.rs"]
 mod app;
+mod common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,16 +26,6 @@ use tower_sse::manager::Replay;
 const TEST_PAGE: &str = include_str!("browser/test.html");
 const PROXY_IDLE: Duration = Duration::from_millis(1000);
 const HEARTBEAT: Duration = Duration::from_millis(300);
-
-fn chromium() -> PathBuf {
-    for candidate in ["/usr/bin/chromium", "/usr/bin/chromium-browser"] {
-        let path = PathBuf::from(candidate);
-        if path.exists() {
-            return path;
-        }
-    }
-    panic!("headless Chromium is required: run `bash scripts/test.sh`, which installs it");
-}
 
 /// Forwards connections to `upstream`, closing any that carry no byte for `idle`.
 async fn idle_closing_proxy(upstream: SocketAddr, idle: Duration) -> SocketAddr {
@@ -154,29 +144,14 @@ fn as_received(data: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_in_headless_chromium() {
-    let chromium = chromium();
+    // Fails before the demo starts if there is no browser.
+    let _ = common::chromium::path();
     let mut server = start_demo(HEARTBEAT).await;
     let proxy = idle_closing_proxy(server.addr, PROXY_IDLE).await;
-    let profile = std::env::temp_dir().join(format!("tower-sse-chromium-{}", std::process::id()));
-    let mut browser = tokio::process::Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-dev-shm-usage",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(format!("http://{proxy}/__test?quiet=3000"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start chromium");
+    let (mut browser, profile) = common::chromium::open(
+        "tower-sse-chromium",
+        &format!("http://{proxy}/__test?quiet=3000"),
+    );
     let report = tokio::time::timeout(Duration::from_secs(120), server.reports.recv()).await;
     let _ = browser.kill().await;
     let _ = std::fs::remove_dir_all(&profile);

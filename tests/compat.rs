@@ -34,6 +34,7 @@
 
 #[path = "../examples/demo/app.rs"]
 mod app;
+mod common;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -328,18 +329,8 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
-fn chromium() -> PathBuf {
-    for candidate in ["/usr/bin/chromium", "/usr/bin/chromium-browser"] {
-        let path = PathBuf::from(candidate);
-        if path.exists() {
-            return path;
-        }
-    }
-    panic!("headless Chromium is required: run `bash scripts/test.sh`, which installs it");
-}
-
 fn chromium_version() -> String {
-    let out = std::process::Command::new(chromium())
+    let out = std::process::Command::new(common::chromium::path())
         .arg("--version")
         .output()
         .expect("chromium --version");
@@ -831,31 +822,10 @@ async fn start_client(client: Client, demo: &Demo) -> HashMap<Scenario, Observer
                 .iter()
                 .map(|s| format!("{}={}", s.name(), urlencode(&s.path())))
                 .collect();
-            let profile =
-                std::env::temp_dir().join(format!("tower-sse-compat-{}", std::process::id()));
-            let browser = tokio::process::Command::new(chromium())
-                .args([
-                    "--headless",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                    "--disable-quic",
-                    "--no-first-run",
-                    "--disable-dev-shm-usage",
-                ])
-                .arg(format!("--user-data-dir={}", profile.display()))
-                .arg(format!(
-                    "{}/__compat/chromium?{}",
-                    demo.base,
-                    query.join("&")
-                ))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .expect("start chromium");
+            let (browser, profile) = common::chromium::open(
+                "tower-sse-compat",
+                &format!("{}/__compat/chromium?{}", demo.base, query.join("&")),
+            );
             // One browser, its reports sorted out by scenario.
             let mut senders = HashMap::new();
             let mut first = Some((Box::new(browser) as Box<dyn std::any::Any + Send>, profile));

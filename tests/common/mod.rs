@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests. Use with `mod common;`.
 //!
+//! - [`chromium`]: headless Chromium for the browser tests.
 //! - [`redis`]: a `redis-server` per test on a free loopback port, a three-node Redis
 //!   Cluster, and a TCP proxy that can stall, cut and redirect connections.
 //! - [`sequence`]: the checker over the ids a client received through a backplane.
@@ -13,6 +14,7 @@
 //! deliberately unreachable from the test crate's root.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod chromium;
 pub mod proxy;
 pub mod redis;
 pub mod sequence;
