@@ -25,7 +25,20 @@ if ! command -v make >/dev/null 2>&1 || ! command -v cc >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq make gcc >/dev/null
 fi
 
+# Installs, where missing, chromium (tests/browser.rs, tests/compat.rs,
+# tests/backplane_demo.rs), node and npm, python3-venv, and the pinned npm/PyPI clients.
 bash scripts/compat-clients.sh
+# What the tests start must be here now: fail with a clear message rather than mid-suite.
+if [ ! -x /usr/bin/chromium ] && [ ! -x /usr/bin/chromium-browser ]; then
+  echo "error: chromium is still missing after the installs above" >&2
+  exit 1
+fi
+for tool in node npm python3 redis-server redis-cli make cc; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    echo "error: $tool is still missing after the installs above" >&2
+    exit 1
+  fi
+done
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
