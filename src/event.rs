@@ -700,9 +700,7 @@ impl EventBuilder {
     /// stream ends. Written as whole milliseconds (sub-millisecond parts are dropped).
     pub fn retry(mut self, retry: Duration) -> Self {
         if self.begin(SET_RETRY, Field::Retry) {
-            let mut digits = itoa::Buffer::new();
-            let millis = digits.format(retry.as_millis());
-            write_field(&mut self.buf, b"retry: ", millis.as_bytes());
+            write_retry(&mut self.buf, retry);
         }
         self
     }
@@ -747,6 +745,12 @@ fn id_error(fault: IdFault) -> EventError {
         IdFault::Nul => EventError::Nul { field },
         IdFault::Control => EventError::ControlCharacter { field },
     }
+}
+
+/// Writes the `retry:` line for `retry`, in whole milliseconds.
+pub(crate) fn write_retry(buf: &mut BytesMut, retry: Duration) {
+    let mut digits = itoa::Buffer::new();
+    write_field(buf, b"retry: ", digits.format(retry.as_millis()).as_bytes());
 }
 
 fn write_field(buf: &mut BytesMut, name: &[u8], value: &[u8]) {

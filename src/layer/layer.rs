@@ -1,7 +1,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::HeaderValue;
 use tokio_util::sync::CancellationToken;
 use tower_layer::Layer;
@@ -113,10 +113,8 @@ impl Config {
     /// Recomputes what streams read ready-made, so that no stream formats anything.
     fn derive(&mut self) {
         self.retry_line = self.retry.map(|retry| {
-            let mut line = BytesMut::with_capacity(48);
-            line.put_slice(b"retry: ");
-            line.put_slice(retry.as_millis().to_string().as_bytes());
-            line.put_u8(b'\n');
+            let mut line = BytesMut::new();
+            crate::event::write_retry(&mut line, retry);
             line.freeze()
         });
         for (derived, event) in self.farewells.iter_mut().zip(&self.farewell_events) {
