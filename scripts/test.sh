@@ -7,6 +7,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A cold build (CI's fresh clone) gains nothing from incremental artifacts, and full debug
+# info makes every test binary slower to link; line tables keep backtraces readable.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+export CARGO_PROFILE_DEV_DEBUG="${CARGO_PROFILE_DEV_DEBUG:-line-tables-only}"
+
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 # The backplane tests (tests/backplane*.rs) start their own servers on free loopback ports,
@@ -65,7 +70,7 @@ cargo test --all-features
 echo "==> loom model checks (the manager's park/wake handshake, the context's fence pair)"
 # Its own target directory: the cfg changes every crate's build.
 RUSTFLAGS="--cfg tower_sse_loom" CARGO_TARGET_DIR=target/loom \
-  cargo test -p tower-sse-loom --release --quiet
+  cargo test -p tower-sse-loom --quiet
 
 echo "==> cargo doc"
 RUSTDOCFLAGS=-Dwarnings cargo doc --no-deps --all-features --quiet

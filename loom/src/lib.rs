@@ -2,7 +2,7 @@
 //! interleaving of the threads of a test, within loom's bounds.
 //!
 //! ```sh
-//! RUSTFLAGS="--cfg tower_sse_loom" cargo test -p tower-sse-loom --release
+//! RUSTFLAGS="--cfg tower_sse_loom" cargo test -p tower-sse-loom
 //! ```
 //!
 //! - The readers' park/wake handshake of the manager's logs: the real `src/manager/sync.rs`
